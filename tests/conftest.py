@@ -1,0 +1,44 @@
+"""Shared helpers: trajectories from a deterministic toy environment, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tratree.formats import Step, Trajectory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def obs_after(actions: Sequence[str], variant: int = 0) -> str:
+    """The toy environment's observation after a sequence of actions (deterministic)."""
+    base = "start" if not actions else "after " + " > ".join(actions)
+    return base if variant == 0 else f"{base} (variant {variant})"
+
+
+def make_traj(task: str, actions: Sequence[str], score: float, variants: Sequence[int] | None = None) -> Trajectory:
+    """A trajectory of the toy environment; ``variants`` perturbs individual observations."""
+    variants = variants or [0] * len(actions)
+    steps = [
+        Step(observation=obs_after(actions[:i], variants[i]), thought=f"think {i}", action=a)
+        for i, a in enumerate(actions)
+    ]
+    return Trajectory(task_id=task, instruction=f"solve {task}", steps=steps, score=score, success=score >= 1.0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m tratree ARGS` and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tratree", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,152 @@
+"""The CLI contract: flags, `stats --json` keys, exit status 2 on bad input, no partial output, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import make_traj
+from tests.test_formats import conversation
+
+
+@pytest.fixture
+def traj_file(tmp_path):
+    trajs = [
+        make_traj("t1", ["open", "take", "cook"], 1.0),
+        make_traj("t1", ["open", "take", "go"], 0.0),
+        make_traj("t1", ["open", "go"], 0.25),
+        make_traj("t2", ["go", "<b>bold</b>"], 0.5),
+        make_traj("t2", ["go", "open"], 0.0),
+    ]
+    p = tmp_path / "traj.jsonl"
+    p.write_text("".join(t.model_dump_json() + "\n" for t in trajs))
+    return p
+
+
+def test_build_stats_pairs_mcts_render_pipeline(cli, tmp_path, traj_file):
+    trees = tmp_path / "trees.jsonl"
+    r = cli("tree", "build", str(traj_file), "-o", str(trees))
+    assert r.returncode == 0, r.stderr
+    r = cli("tree", "stats", str(trees), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"trees": 2, "trajectories": 5, "nodes": 8, "leaves": 5, "max_depth": 3,
+                                    "divergence_points": 3}
+    # a trajectories file gives the same statistics
+    assert json.loads(cli("tree", "stats", str(traj_file), "--json").stdout) == json.loads(r.stdout)
+    human = cli("tree", "stats", str(trees))
+    assert "divergence points" in human.stdout and human.returncode == 0
+
+    pairs = tmp_path / "pairs.jsonl"
+    r = cli("pairs", str(trees), "-o", str(pairs), "--min-gap", "0.1")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert len(rows) == 3 and all(p["chosen_value"] - p["rejected_value"] > 0.1 for p in rows)
+    r = cli("pairs", str(trees), "-o", str(pairs), "--mode", "random", "--seed", "3")
+    assert r.returncode == 0 and all(json.loads(x)["kind"] == "random" for x in pairs.read_text().splitlines())
+
+    paths = tmp_path / "paths.jsonl"
+    r = cli("mcts", str(trees), "-o", str(paths), "--iterations", "200", "--exploration", "1.0", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    best = {json.loads(x)["task_id"]: json.loads(x) for x in paths.read_text().splitlines()}
+    assert [s["action"] for s in best["t1"]["steps"]] == ["open", "take", "cook"]
+    assert best["t1"]["value"] == 1.0
+
+    html = tmp_path / "t2.html"
+    r = cli("tree", "render", str(trees), "--task", "t2", "-o", str(html), "--paths", str(paths))
+    assert r.returncode == 0, r.stderr
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "Trajectory tree · t2" in page
+    assert 'class="node div' in page  # the divergence point is highlighted
+    assert page.count('class="edge epath"') == 2  # e* is two steps long
+    assert "<b>bold</b>" not in page.split("<script>")[0]  # actions are escaped
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{oops\n", r"traj\.jsonl:1: not valid JSON"),
+        ('{"task_id": "t", "instruction": "i", "steps": [{"observation": "o", "action": "a"}]}\n',
+         r"traj\.jsonl:1: missing field 'score'"),
+        ('{"task_id": "t", "instruction": "i", "steps": [{"observation": "o", "action": "a"}], "score": 2}\n',
+         r"traj\.jsonl:1: score: Input should be less than or equal to 1"),
+    ],
+)
+@pytest.mark.parametrize("command", [["tree", "build"], ["pairs"], ["mcts"], ["tree", "stats"]])
+def test_bad_input_exits_2_with_one_line_and_no_output(cli, tmp_path, traj_file, content, message, command):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(traj_file.read_text().splitlines()[0] + "\n" + content)
+    out = tmp_path / "out.jsonl"
+    args = [*command, str(bad)] + ([] if command == ["tree", "stats"] else ["-o", str(out)])
+    r = cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("tratree: error: ")
+    import re
+
+    assert re.search(message.replace("traj", "bad").replace(":1:", ":2:"), r.stderr), r.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_bad_tree_file_and_unknown_task(cli, tmp_path, traj_file):
+    trees = tmp_path / "trees.jsonl"
+    cli("tree", "build", str(traj_file), "-o", str(trees))
+    rec = json.loads(trees.read_text().splitlines()[0])
+    rec["nodes"][0]["parent"] = 3
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rec) + "\n")
+    r = cli("mcts", str(broken), "-o", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 2 and "broken.jsonl:1: nodes[0] must be the root" in r.stderr
+    r = cli("tree", "render", str(trees), "--task", "nope", "-o", str(tmp_path / "x.html"))
+    assert r.returncode == 2 and "no tree for task 'nope'" in r.stderr and not (tmp_path / "x.html").exists()
+    r = cli("tree", "build", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.jsonl"))
+    assert r.returncode == 2 and "missing.jsonl: cannot read" in r.stderr
+
+
+def test_flag_values_are_checked(cli, tmp_path, traj_file):
+    for args in (["tree", "build", str(traj_file), "-o", "x", "--similarity", "1.5"],
+                 ["mcts", str(traj_file), "-o", "x", "--iterations", "0"],
+                 ["pairs", str(traj_file), "-o", "x", "--min-gap", "-1"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and not (tmp_path / "x").exists()
+
+
+def test_import_eto(cli, tmp_path):
+    src = tmp_path / "eto.json"
+    src.write_text(json.dumps([conversation("1", ["Thought: t\nAction: search[a]"], [], reward=0.5)]))
+    out = tmp_path / "traj.jsonl"
+    r = cli("import", "eto", str(src), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())
+    assert row["steps"][0]["action"] == "search[a]" and row["score"] == 0.5
+    src.write_text("[{}]")
+    r = cli("import", "eto", str(src), "-o", str(tmp_path / "new.jsonl"))
+    assert r.returncode == 2 and "eto.json:1: missing field 'id'" in r.stderr and not (tmp_path / "new.jsonl").exists()
+
+
+def test_validate(cli):
+    r = cli("validate", "examples/quickstart.yaml")
+    assert r.returncode == 0 and "valid W2SGExperiment 'quickstart'" in r.stdout
+    r = cli("validate", "examples/quickstart.yaml", "--print")
+    assert "apiVersion: tratree.io/v1alpha1" in r.stdout and "bestOfN: 4" in r.stdout
+
+
+def test_tree_commands_never_import_torch(tmp_path, traj_file):
+    code = f"""
+import sys
+from tratree.cli import main
+for args in (["tree", "build", {str(traj_file)!r}, "-o", {str(tmp_path / 'trees.jsonl')!r}],
+             ["tree", "stats", {str(tmp_path / 'trees.jsonl')!r}, "--json"],
+             ["pairs", {str(tmp_path / 'trees.jsonl')!r}, "-o", {str(tmp_path / 'p.jsonl')!r}],
+             ["mcts", {str(tmp_path / 'trees.jsonl')!r}, "-o", {str(tmp_path / 'm.jsonl')!r}],
+             ["tree", "render", {str(tmp_path / 'trees.jsonl')!r}, "--task", "t1", "-o", {str(tmp_path / 't.html')!r}]):
+    assert main(args) == 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers", "numpy"))
+print(heavy)
+assert not heavy, heavy
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout

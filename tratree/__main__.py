@@ -1,0 +1,5 @@
+import sys
+
+from tratree.cli import main
+
+sys.exit(main())

@@ -1,0 +1,254 @@
+"""The `tratree` command line.
+
+Heavy modules are imported inside the commands that need them, so the tree, pairs and
+MCTS commands start without torch. Bad input exits with status 2 and a one-line error;
+outputs are written atomically, so a failed command leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from tratree import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A user error the CLI reports in one line with exit status 2."""
+
+
+def _read_trajectories_or_trees(path: str):
+    """Trees from a trees file, or built (exact match) from a trajectories file."""
+    from tratree.formats import Trajectory, iter_jsonl, record_kind
+    from tratree.tree import build_trees, read_trees
+
+    if record_kind(path) == "trajectory":
+        return build_trees(iter_jsonl(path, Trajectory))
+    return read_trees(path)
+
+
+def cmd_import_eto(args: argparse.Namespace) -> None:
+    from tratree.formats import read_eto, write_jsonl
+
+    trajectories = read_eto(args.conversations)
+    n = write_jsonl(args.output, trajectories)
+    print(f"imported {n} trajectories from {args.conversations} -> {args.output}", file=sys.stderr)
+
+
+def cmd_tree_build(args: argparse.Namespace) -> None:
+    from tratree.formats import Trajectory, iter_jsonl
+    from tratree.progress import track
+    from tratree.tree import build_trees, summarize
+
+    embed = None
+    if args.similarity < 1.0:
+        from tratree.embeddings import load_embedder
+
+        embed = load_embedder(args.embedding_model, show_progress=sys.stderr.isatty())
+    trajectories = track(iter_jsonl(args.trajectories, Trajectory), "building trees")
+    trees = build_trees(trajectories, similarity=args.similarity, embed=embed)
+    _write_lines(args.output, (t.to_json() for t in trees))
+    s = summarize(trees)
+    print(
+        f"{s['trees']} trees from {s['trajectories']} trajectories: {s['nodes']} nodes, "
+        f"{s['divergence_points']} divergence points -> {args.output}",
+        file=sys.stderr,
+    )
+
+
+def cmd_tree_stats(args: argparse.Namespace) -> None:
+    from tratree.tree import summarize
+
+    trees = _read_trajectories_or_trees(args.trees)
+    summary = summarize(trees)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trees in {args.trees}")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+
+
+def cmd_tree_render(args: argparse.Namespace) -> None:
+    from tratree.atomic import atomic_write
+    from tratree.formats import PathRecord, iter_jsonl
+    from tratree.mcts import search
+    from tratree.tree import task_rng
+    from tratree.treeview import render_html
+
+    trees = {t.task_id: t for t in _read_trajectories_or_trees(args.trees)}
+    tree = trees.get(args.task)
+    if tree is None:
+        known = ", ".join(list(trees)[:5])
+        raise CLIError(f"{args.trees}: no tree for task {args.task!r} (tasks include: {known})")
+    path = None
+    if args.paths:
+        path = next((p.nodes for p in iter_jsonl(args.paths, PathRecord) if p.task_id == args.task), None)
+        if path is None:
+            raise CLIError(f"{args.paths}: no path for task {args.task!r}")
+        if any(not 0 < v < len(tree) for v in path):
+            raise CLIError(f"{args.paths}: the path of task {args.task!r} names nodes outside its tree")
+    else:
+        path = search(tree, args.iterations, args.exploration, task_rng(args.seed, tree.task_id)).nodes
+    with atomic_write(args.output) as fh:
+        fh.write(render_html(tree, path))
+    print(f"wrote {args.output} ({len(tree) - 1} nodes)", file=sys.stderr)
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from tratree.pairs import random_pairs, tree_pairs
+    from tratree.tree import task_rng
+
+    trees = _read_trajectories_or_trees(args.trees)
+    out = []
+    for tree in trees:
+        if args.mode == "tree":
+            out.extend(tree_pairs(tree, args.min_gap, args.continuation, args.max_pairs_per_tree))
+        else:
+            out.extend(random_pairs(tree, task_rng(args.seed, tree.task_id), args.max_pairs_per_tree))
+    _write_lines(args.output, (p.model_dump_json() for p in out))
+    print(f"{len(out)} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
+
+
+def cmd_mcts(args: argparse.Namespace) -> None:
+    from tratree.mcts import mcts_path
+    from tratree.progress import track
+
+    trees = _read_trajectories_or_trees(args.trees)
+    paths = [
+        mcts_path(t, args.iterations, args.exploration, args.seed) for t in track(trees, "MCTS", total=len(trees))
+    ]
+    _write_lines(args.output, (p.model_dump_json() for p in paths))
+    mean = sum(p.value for p in paths) / len(paths) if paths else 0.0
+    print(f"{len(paths)} MCTS paths (mean value {mean:.3f}) -> {args.output}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from tratree.spec import load_experiment, spec_to_manifest
+
+    exp = load_experiment(args.experiment)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(spec_to_manifest(exp), sort_keys=False), end="")
+    else:
+        print(f"{args.experiment}: valid W2SGExperiment '{exp.name}' (methods: {', '.join(exp.spec.methods)})")
+
+
+def _write_lines(path: str, lines) -> None:
+    from tratree.atomic import atomic_write
+
+    with atomic_write(path) as fh:
+        for line in lines:
+            fh.write(line)
+            fh.write("\n")
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every `tratree` command."""
+    p = argparse.ArgumentParser(prog="tratree", description="Weak-to-strong generalization with trajectory trees.")
+    p.add_argument("--version", action="version", version=f"tratree {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add(sub, "validate", cmd_validate, "check an experiment file against the spec")
+    sp.add_argument("experiment", help="EXPERIMENT.yaml (bare spec or W2SGExperiment manifest)")
+    sp.add_argument("--print", action="store_true", help="print the full manifest with defaults")
+
+    imp = sub.add_parser("import", help="import trajectories from other tools")
+    imp_sub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    sp = add(imp_sub, "eto", cmd_import_eto, "ETO/TraTree conversations JSON -> trajectories JSONL")
+    sp.add_argument("conversations")
+    sp.add_argument("-o", "--output", required=True)
+
+    tree = sub.add_parser("tree", help="build, summarise and draw trajectory trees")
+    tree_sub = tree.add_subparsers(dest="tree_command", required=True, metavar="ACTION")
+    sp = add(tree_sub, "build", cmd_tree_build, "merge trajectories into one tree per task")
+    sp.add_argument("trajectories")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--similarity", type=_unit_float, default=1.0, help="xi_sim; 1.0 = exact observation match")
+    sp.add_argument("--embedding-model", default="sentence-transformers/all-MiniLM-L6-v2", help="id or path")
+    sp = add(tree_sub, "stats", cmd_tree_stats, "summarise trees (or a trajectories file, built exactly)")
+    sp.add_argument("trees")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp = add(tree_sub, "render", cmd_tree_render, "draw one task's tree as a self-contained HTML page")
+    sp.add_argument("trees")
+    sp.add_argument("--task", required=True)
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--paths", help="PATHS.jsonl whose path to mark (default: run MCTS)")
+    sp.add_argument("--iterations", type=_positive_int, default=100)
+    sp.add_argument("--exploration", type=_non_negative_float, default=1.41)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add(sub, "pairs", cmd_pairs, "preference pairs from trees")
+    sp.add_argument("trees")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--min-gap", type=_non_negative_float, default=0.0)
+    sp.add_argument("--mode", choices=["tree", "random"], default="tree")
+    sp.add_argument("--continuation", choices=["leaf", "first-step"], default="leaf")
+    sp.add_argument("--max-pairs-per-tree", type=_positive_int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add(sub, "mcts", cmd_mcts, "offline MCTS on each tree -> e* paths")
+    sp.add_argument("trees")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--iterations", type=_positive_int, default=100)
+    sp.add_argument("--exploration", type=_non_negative_float, default=1.41)
+    sp.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `tratree` command; returns the exit status."""
+    from tratree.formats import FormatError
+    from tratree.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CLIError, FormatError, SpecError) as err:
+        print(f"tratree: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tratree: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The experiment specification: pydantic models of a W2SGExperiment's ``.spec``.
+
+This module is the one source of truth for the experiment file, the CRD's OpenAPI
+schema (generated from it) and every stage's settings. YAML keys are camelCase, as in
+Kubernetes; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "tratree.io"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "W2SGExperiment"
+
+Method = Literal[
+    "sft-weak",
+    "sft-strong",
+    "w2s-mcts",
+    "w2s-treedpo",
+    "w2s-random-dpo",
+    "best-of-n",
+    "eto",
+    "ceiling",
+]
+METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+
+# Kinds of pipeline stage; per-stage Kubernetes settings are keyed by these.
+StageKind = Literal[
+    "expert",
+    "sft",
+    "explore",
+    "trees",
+    "dpo",
+    "evaluate",
+    "report",
+]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """An experiment file that cannot be loaded; the message is one line naming the file and field."""
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+
+def _store_uri(value: str) -> str:
+    if not (value.startswith("file://") or value.startswith("s3://")):
+        raise ValueError("must be a file:// or s3:// URI")
+    if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
+        raise ValueError("an s3:// URI needs a bucket")
+    return value
+
+
+StoreURI = Annotated[str, AfterValidator(_store_uri)]
+
+
+class EnvironmentSpec(SpecModel):
+    """Which agent environment, which of its tasks, and how long an episode may run."""
+
+    name: Literal["textworldexpress", "scienceworld", "alfworld", "webshop"] = "textworldexpress"
+    tasks: list[str] = Field(
+        default_factory=lambda: ["cookingworld"],
+        description="TextWorldExpress game names or ScienceWorld task names; empty means all.",
+    )
+    game_params: str = Field(
+        "",
+        description="TextWorldExpress generation parameters, e.g. 'numLocations=1,includeDoors=0'.",
+    )
+    max_steps: int = Field(30, ge=1, le=1000, description="Step limit of one episode.")
+    train_tasks: int | None = Field(None, ge=1, description="Cap on training tasks (None: all).")
+    test_tasks: int | None = Field(None, ge=1, description="Cap on held-out tasks (None: all).")
+    test_split: Literal["dev", "test"] = "test"
+    data_path: str | None = Field(
+        None, description="ALFWorld / WebShop data directory, where the environment needs one."
+    )
+
+
+class ExpertSpec(SpecModel):
+    """Where the expert trajectories D_expert come from."""
+
+    source: Literal["environment", "file"] = "environment"
+    path: str | None = Field(None, description="A trajectories JSONL or ETO conversations JSON.")
+    format: Literal["trajectories", "eto"] = "trajectories"
+    thoughts: Literal["empty", "templated"] = Field(
+        "templated", description="Thoughts written for gold actions collected from the environment."
+    )
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> ExpertSpec:
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs a path")
+        return self
+
+
+class LoraSpec(SpecModel):
+    """LoRA adapter settings (paper: r=64, alpha=128)."""
+
+    r: int = Field(64, ge=1, le=4096)
+    alpha: int = Field(128, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    merge: bool = Field(True, description="Merge the adapter into the weights when saving.")
+
+
+class ModelSpec(SpecModel):
+    """A model: Hugging Face id, local directory, s3:// URI, or tiny:<preset>."""
+
+    model: str = Field(min_length=1)
+    lora: LoraSpec | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class TrainingSpec(SpecModel):
+    """Optimiser settings of one kind of training (paper: AdamW, cosine, batch 32)."""
+
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1, description="Effective batch size (gradient accumulation).")
+    micro_batch_size: int = Field(4, ge=1, description="Per-device batch size.")
+    max_length: int = Field(4096, ge=16)
+    weight_decay: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> TrainingSpec:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError("batchSize must be a multiple of microBatchSize")
+        return self
+
+
+class DPOTrainingSpec(TrainingSpec):
+    """DPO optimiser settings (paper: lr 2e-5, beta 0.1)."""
+
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    beta: float = Field(0.1, gt=0)
+
+
+class TrainingSettings(SpecModel):
+    sft: TrainingSpec = Field(default_factory=TrainingSpec)
+    dpo: DPOTrainingSpec = Field(default_factory=DPOTrainingSpec)
+
+
+class PolicySpec(SpecModel):
+    """How a model is queried while it acts: the generation backend and its limits."""
+
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible server.")
+    batch_size: int = Field(16, ge=1, description="Episodes generated for at once.")
+    max_new_tokens: int = Field(128, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> PolicySpec:
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError("backend 'openai' needs an endpoint")
+        return self
+
+
+class SamplingSpec(SpecModel):
+    temperature: float = Field(ge=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+def _default_grid() -> list[SamplingSpec]:
+    return [
+        SamplingSpec(temperature=0.7, top_p=0.9),
+        SamplingSpec(temperature=1.0, top_p=0.95),
+        SamplingSpec(temperature=0.5, top_p=0.8),
+    ]
+
+
+class ExplorationSpec(SpecModel):
+    """Weak-model exploration: M trajectories per training task over a sampling grid."""
+
+    trajectories_per_task: int = Field(6, ge=1, le=1024)
+    sampling: list[SamplingSpec] = Field(default_factory=_default_grid, min_length=1)
+    seed: int = Field(0, ge=0)
+
+
+class TreeSpec(SpecModel):
+    """Trajectory-tree merging: xi_sim = 1.0 is exact observation match (no embedding model)."""
+
+    similarity: float = Field(1.0, gt=0, le=1)
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding_batch_size: int = Field(64, ge=1)
+
+
+class TreeDPOSpec(SpecModel):
+    """Preference pairs at divergence points (and the random-pair baseline)."""
+
+    reference: Literal["weak-sft", "initial"] = Field(
+        "weak-sft", description="DPO reference: the weak SFT model (paper) or the policy's start."
+    )
+    min_score_gap: float = Field(0.0, ge=0, lt=1)
+    continuation: Literal["leaf", "first-step"] = "leaf"
+    max_pairs_per_tree: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class MCTSSpec(SpecModel):
+    """Offline MCTS on the static trees (eq. 7)."""
+
+    iterations: int = Field(100, ge=1, le=1_000_000)
+    exploration: float = Field(1.41, ge=0)
+    seed: int = Field(0, ge=0)
+
+
+class BestOfNSampling(SamplingSpec):
+    temperature: float = Field(0.7, ge=0, le=5)
+    top_p: float = Field(0.9, gt=0, le=1)
+
+
+class EvaluationSpec(SpecModel):
+    """Held-out evaluation: greedy by default, best-of-N by sampling."""
+
+    temperature: float = Field(0.0, ge=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    best_of_n: int = Field(4, ge=2, le=256)
+    best_of_n_sampling: BestOfNSampling = Field(default_factory=BestOfNSampling)
+
+
+class Toleration(SpecModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+
+
+def _quantity(value: str | None) -> str | None:
+    if value is not None and not _QUANTITY.match(value):
+        raise ValueError(f"'{value}' is not a Kubernetes quantity")
+    return value
+
+
+Quantity = Annotated[str | None, AfterValidator(_quantity)]
+
+
+class StageResources(SpecModel):
+    """Kubernetes settings of one kind of stage; unset fields fall back to the operator's defaults."""
+
+    image: str | None = None
+    gpus: int | None = Field(None, ge=0, le=64)
+    cpu: Quantity = None
+    memory: Quantity = None
+    retries: int = Field(1, ge=0, le=20, description="New attempts after a failed Job.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+
+
+class KubernetesSpec(SpecModel):
+    """How the operator runs the stages as Jobs."""
+
+    s3_secret: str | None = Field(None, description="Secret with AWS_* variables for the store.")
+    hf_token_secret: str | None = Field(None, description="Secret holding HF_TOKEN.")
+    service_account: str | None = None
+    queue_name: str | None = Field(None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    priority_class_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    ttl_seconds_after_finished: int | None = Field(86400, ge=0)
+    stages: dict[StageKind, StageResources] = Field(default_factory=dict)
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise ValueError("entries must be unique")
+    return values
+
+
+class ExperimentSpec(SpecModel):
+    """A whole weak-to-strong experiment: the `.spec` of a W2SGExperiment."""
+
+    environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
+    expert: ExpertSpec = Field(default_factory=ExpertSpec)
+    weak: ModelSpec
+    strong: ModelSpec
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    exploration: ExplorationSpec = Field(default_factory=ExplorationSpec)
+    tree: TreeSpec = Field(default_factory=TreeSpec)
+    tree_dpo: TreeDPOSpec = Field(default_factory=TreeDPOSpec)
+    mcts: MCTSSpec = Field(default_factory=MCTSSpec)
+    methods: Annotated[list[Method], AfterValidator(_unique)] = Field(
+        default_factory=lambda: list(METHODS), min_length=1
+    )
+    seeds: Annotated[list[int], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [0], min_length=1, description="Training seeds of the strong-side methods."
+    )
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    artifacts: StoreURI = "file://./artifacts"
+    suspend: bool = Field(False, description="Create no new Jobs while true.")
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+
+
+class Experiment(BaseModel):
+    """An experiment as loaded from a file: its name, namespace and spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    namespace: str | None = None
+    spec: ExperimentSpec
+
+
+def _error_text(err: ValidationError, prefix: str) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    more = len(err.errors()) - 3
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def parse_experiment(data: Any, source: str = "<spec>", default_name: str = "experiment") -> Experiment:
+    """Validate a loaded YAML document: a bare spec, or a full W2SGExperiment manifest."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level")
+    name, namespace, body, prefix = default_name, None, data, "spec"
+    if "kind" in data or "apiVersion" in data:
+        if data.get("kind") != KIND:
+            raise SpecError(f"{source}: kind: expected {KIND}, got {data.get('kind')!r}")
+        if data.get("apiVersion") != API_VERSION:
+            raise SpecError(f"{source}: apiVersion: expected {API_VERSION}, got {data.get('apiVersion')!r}")
+        extra = set(data) - {"apiVersion", "kind", "metadata", "spec", "status"}
+        if extra:
+            raise SpecError(f"{source}: {sorted(extra)[0]}: unknown top-level key")
+        meta = data.get("metadata") or {}
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise SpecError(f"{source}: metadata.name: required in a {KIND} manifest")
+        name, namespace = str(meta["name"]), meta.get("namespace")
+        body = data.get("spec")
+        if not isinstance(body, dict):
+            raise SpecError(f"{source}: spec: expected a mapping")
+    if not _DNS_LABEL.match(name):
+        raise SpecError(f"{source}: metadata.name: {name!r} is not a DNS-1123 label (lowercase, digits, '-')")
+    try:
+        spec = ExperimentSpec.model_validate(body)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {_error_text(err, prefix)}") from None
+    return Experiment(name=name, namespace=namespace, spec=spec)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Load an experiment file (bare spec or manifest); raise SpecError with a one-line message."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    default_name = re.sub(r"[^a-z0-9-]", "-", path.stem.lower()).strip("-") or "experiment"
+    return parse_experiment(data, str(path), default_name)
+
+
+def spec_to_manifest(exp: Experiment) -> dict[str, Any]:
+    """The W2SGExperiment manifest of an experiment (camelCase keys, defaults included)."""
+    meta: dict[str, Any] = {"name": exp.name}
+    if exp.namespace:
+        meta["namespace"] = exp.namespace
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": meta,
+        "spec": exp.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
