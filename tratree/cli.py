@@ -145,6 +145,78 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"{args.experiment}: valid W2SGExperiment '{exp.name}' (methods: {', '.join(exp.spec.methods)})")
 
 
+def _experiment(path: str):
+    from tratree.spec import load_experiment
+
+    return load_experiment(path)
+
+
+def _backend(exp, model: str):
+    from pathlib import Path
+
+    from tratree.policy import make_backend
+
+    if exp.spec.policy.backend != "openai" and not model.startswith("s3://") and not Path(model).is_dir():
+        raise CLIError(f"--model: {model} is not a model directory")
+    return make_backend(exp.spec.policy, model)
+
+
+def cmd_expert(args: argparse.Namespace) -> None:
+    from tratree.expert import expert_trajectories
+    from tratree.formats import write_jsonl
+
+    exp = _experiment(args.experiment)
+    trajs = expert_trajectories(exp.spec, args.split, args.limit)
+    write_jsonl(args.output, trajs)
+    full = sum(t.score >= 1.0 for t in trajs)
+    print(f"{len(trajs)} expert trajectories ({full} at full score) -> {args.output}", file=sys.stderr)
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    from tratree.explore import explore
+
+    exp = _experiment(args.experiment)
+    trajs = explore(exp.spec, _backend(exp, args.model), args.output, args.policy_name, args.limit)
+    ok = sum(t.success for t in trajs)
+    print(f"{len(trajs)} trajectories ({ok} successful) -> {args.output}", file=sys.stderr)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tratree.episodes import dump_json
+    from tratree.evaluate import evaluate
+
+    exp = _experiment(args.experiment)
+    out = Path(args.output)
+    trajs = args.trajectories or str(out.with_name(out.stem + ".trajectories.jsonl"))
+    result = evaluate(exp.spec, _backend(exp, args.model), trajs, args.split, args.limit, args.best_of)
+    result["model"] = args.model
+    dump_json(out, result)
+    print(f"{result['split']}: average reward {result['average_reward']:.1f}, success rate "
+          f"{result['success_rate']:.1f}% over {result['tasks']} tasks -> {out}", file=sys.stderr)
+
+
+def cmd_model_init(args: argparse.Namespace) -> None:
+    from tratree.train import tiny
+
+    name = tiny.preset_name(args.preset)
+    if name is None:
+        raise CLIError(f"--preset: {args.preset!r} is not a tiny:<preset> reference")
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        from tratree.expert import expert_trajectories
+
+        exp = _experiment(args.experiment)
+        trajs = expert_trajectories(exp.spec, "train", args.limit)
+        tokenizer = tiny.train_tokenizer(tiny.corpus(exp.spec.environment.name, trajs))
+    tiny.create(name, tokenizer, args.output, seed=args.seed)
+    print(f"{args.preset} ({len(tokenizer)}-token vocabulary) -> {args.output}", file=sys.stderr)
+
+
 def _write_lines(path: str, lines) -> None:
     from tratree.atomic import atomic_write
 
@@ -230,18 +302,51 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=_positive_int, default=100)
     sp.add_argument("--exploration", type=_non_negative_float, default=1.41)
     sp.add_argument("--seed", type=int, default=0)
+
+    sp = add(sub, "expert", cmd_expert, "gold trajectories of the experiment's environment")
+    sp.add_argument("experiment")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--split", choices=["train", "dev", "test"], default="train")
+    sp.add_argument("--limit", type=_positive_int, default=None)
+
+    sp = add(sub, "explore", cmd_explore, "sample trajectories of a model on the training tasks (resumable)")
+    sp.add_argument("experiment")
+    sp.add_argument("--model", required=True, help="model directory (or served name for the openai backend)")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--limit", type=_positive_int, default=None, help="at most N tasks")
+    sp.add_argument("--policy-name", default="sft-weak", help="recorded in each trajectory's meta.policy")
+
+    sp = add(sub, "evaluate", cmd_evaluate, "average reward and success rate on held-out tasks")
+    sp.add_argument("experiment")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("-o", "--output", required=True, help="METRICS.json")
+    sp.add_argument("--split", choices=["train", "dev", "test"], default=None, help="default: the spec's testSplit")
+    sp.add_argument("--limit", type=_positive_int, default=None, help="at most N tasks")
+    sp.add_argument("--best-of", type=_positive_int, default=None, help="N sampled episodes per task, best kept")
+    sp.add_argument("--trajectories", help="where the episodes go (default: beside METRICS.json)")
+
+    model = sub.add_parser("model", help="create models")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    sp = add(model_sub, "init", cmd_model_init, "a tiny model from config, tokenizer trained on the environment")
+    sp.add_argument("experiment")
+    sp.add_argument("--preset", required=True, help="tiny:weak or tiny:strong")
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--tokenizer", help="reuse this tokenizer directory instead of training one")
+    sp.add_argument("--limit", type=_positive_int, default=200, help="gold trajectories to train the tokenizer on")
+    sp.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `tratree` command; returns the exit status."""
+    from tratree.envs.base import EnvironmentUnavailable
     from tratree.formats import FormatError
     from tratree.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, FormatError, SpecError) as err:
+    except (CLIError, FormatError, SpecError, EnvironmentUnavailable) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -1,0 +1,77 @@
+"""Agent environments behind one protocol (see :mod:`tratree.envs.base`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from tratree.envs.base import Environment, EnvironmentUnavailable, Outcome, Reset, Split, spread
+from tratree.spec import EnvironmentSpec
+
+__all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "make_env", "task_ids"]
+
+
+def make_env(spec: EnvironmentSpec) -> Environment:
+    """A live instance of the spec's environment."""
+    # generous step limit inside the environment: tratree enforces spec.maxSteps itself
+    limit = spec.max_steps + 10
+    if spec.name == "textworldexpress":
+        from tratree.envs.textworldexpress import TextWorldExpress
+
+        return TextWorldExpress(spec.tasks, spec.game_params, limit)
+    if spec.name == "scienceworld":
+        from tratree.envs.scienceworld import ScienceWorld
+
+        return ScienceWorld(spec.tasks, spec.game_params, limit)
+    if spec.name == "alfworld":
+        from tratree.envs.alfworld import ALFWorld
+
+        return ALFWorld(spec.data_path, limit)
+    from tratree.envs.webshop import WebShop
+
+    return WebShop(spec.data_path)
+
+
+def env_factory(spec: EnvironmentSpec) -> Callable[[], Environment]:
+    return lambda: make_env(spec)
+
+
+def task_ids(env: Environment, spec: EnvironmentSpec, split: Split) -> list[str]:
+    """The split's tasks, interleaved across games and capped as the spec says."""
+    limit = spec.train_tasks if split == "train" else spec.test_tasks
+    return spread(env.tasks(split), limit)
+
+
+class EnvPool:
+    """Live environment instances, one per episode in flight; closed together."""
+
+    def __init__(self, factory: Callable[[], Environment]) -> None:
+        self._factory = factory
+        self._free: list[Environment] = []
+        self._all: list[Environment] = []
+
+    def acquire(self) -> Environment:
+        if self._free:
+            return self._free.pop()
+        env = self._factory()
+        self._all.append(env)
+        return env
+
+    def release(self, env: Environment) -> None:
+        self._free.append(env)
+
+    def close(self) -> None:
+        for env in self._all:
+            with contextlib.suppress(Exception):
+                env.close()
+        self._all.clear()
+        self._free.clear()
+
+
+@contextlib.contextmanager
+def env_pool(factory: Callable[[], Environment]) -> Iterator[EnvPool]:
+    pool = EnvPool(factory)
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -1,0 +1,100 @@
+"""The environment protocol every adapter implements, and the bits they share."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Split = Literal["train", "dev", "test"]
+
+
+class EnvironmentUnavailable(RuntimeError):
+    """The environment's package or data is missing; the message says what to install and where."""
+
+
+@dataclass(frozen=True)
+class Reset:
+    """The start of an episode: the task's instruction and the first observation."""
+
+    instruction: str
+    observation: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one action led to: the observation, the score so far in [0, 1], and whether it is over."""
+
+    observation: str
+    score: float
+    done: bool
+    success: bool
+
+
+class Environment(Protocol):
+    """One live instance of an agent environment (not thread-safe: one episode at a time)."""
+
+    name: str
+
+    def tasks(self, split: Split) -> dict[str, list[str]]:
+        """Task ids of a split grouped by game or task type, e.g. ``cookingworld/train/17``."""
+        ...
+
+    def reset(self, task_id: str) -> Reset:
+        """Start an episode of a task."""
+        ...
+
+    def step(self, action: str) -> Outcome:
+        """Take an action (any text: invalid actions get the environment's own answer)."""
+        ...
+
+    def gold_actions(self, task_id: str) -> list[str]:
+        """The environment's gold action sequence for a task."""
+        ...
+
+    def close(self) -> None:
+        """Free the instance (its JVM, where it has one)."""
+        ...
+
+
+def clamp_score(value: float) -> float:
+    """Scores outside [0, 1] (failure penalties) are clamped, as G(e) is defined on [0, 1]."""
+    return min(1.0, max(0.0, float(value)))
+
+
+@contextlib.contextmanager
+def jvm_heap(default: str) -> Iterator[None]:
+    """Bound the heap of JVMs started inside the block, unless the user set -Xmx already."""
+    old = os.environ.get("JAVA_TOOL_OPTIONS")
+    if old and "-Xmx" in old:
+        yield
+        return
+    os.environ["JAVA_TOOL_OPTIONS"] = f"{old} -Xmx{default}".strip() if old else f"-Xmx{default}"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("JAVA_TOOL_OPTIONS", None)
+        else:
+            os.environ["JAVA_TOOL_OPTIONS"] = old
+
+
+def split_task_id(task_id: str, parts: int = 3) -> list[str]:
+    """``game/split/index`` pieces of a task id; ValueError naming the id when malformed."""
+    pieces = task_id.rsplit("/", parts - 1)
+    if len(pieces) != parts or not pieces[-1].isdigit():
+        raise ValueError(f"task id {task_id!r} is not of the form NAME/SPLIT/INDEX")
+    return pieces
+
+
+def spread(per_game: dict[str, list[str]], limit: int | None) -> list[str]:
+    """Interleave the tasks of several games (so a cap keeps every game), then cap."""
+    out: list[str] = []
+    lists = list(per_game.values())
+    for i in range(max((len(x) for x in lists), default=0)):
+        for tasks in lists:
+            if i < len(tasks):
+                out.append(tasks[i])
+    return out if limit is None else out[:limit]

@@ -1,0 +1,45 @@
+"""Expert trajectories D_expert: the environment's gold action sequences, or a given file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tratree.envs import env_factory, env_pool, task_ids
+from tratree.formats import Step, Trajectory, read_eto, read_jsonl
+from tratree.spec import ExperimentSpec
+
+
+def templated_thought(action: str) -> str:
+    return f"I should {action}."
+
+
+def gold_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> Iterator[Trajectory]:
+    """Replay each task's gold actions; thoughts are empty or templated, as the spec says."""
+    with env_pool(env_factory(spec.environment)) as pool:
+        env = pool.acquire()
+        tasks = task_ids(env, spec.environment, split)  # type: ignore[arg-type]
+        for task in tasks if limit is None else tasks[:limit]:
+            actions = env.gold_actions(task)
+            start = env.reset(task)
+            steps, observation, last = [], start.observation, None
+            for action in actions:
+                thought = templated_thought(action) if spec.expert.thoughts == "templated" else ""
+                steps.append(Step(observation=observation, thought=thought, action=action))
+                last = env.step(action)
+                observation = last.observation
+                if last.done:
+                    break
+            if last is None:
+                continue
+            yield Trajectory(task_id=task, instruction=start.instruction, steps=steps,
+                             final_observation=last.observation, score=last.score, success=last.success,
+                             meta={"policy": "expert"})
+
+
+def expert_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[Trajectory]:
+    """D_expert as the spec says: gold runs of the environment, or the file it names."""
+    if spec.expert.source == "file":
+        assert spec.expert.path is not None
+        trajs = read_eto(spec.expert.path) if spec.expert.format == "eto" else read_jsonl(spec.expert.path, Trajectory)
+        return trajs if limit is None else trajs[:limit]
+    return list(gold_trajectories(spec, split, limit))

@@ -1,0 +1,38 @@
+"""Exploration: M trajectories per training task over the spec's sampling grid (paper, Sec. 3.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tratree.envs import env_factory, env_pool, task_ids
+from tratree.episodes import episode_seed, run_to_file
+from tratree.formats import Trajectory
+from tratree.policy.base import Backend
+from tratree.rollout import Episode
+from tratree.spec import ExperimentSpec
+
+
+def training_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[str]:
+    """The spec's tasks of a split, capped by the spec and then by ``limit``."""
+    with env_pool(env_factory(spec.environment)) as pool:
+        tasks = task_ids(pool.acquire(), spec.environment, split)  # type: ignore[arg-type]
+    return tasks if limit is None else tasks[:limit]
+
+
+def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str) -> list[Episode]:
+    """M episodes per task; sample k uses grid entry k mod len(grid)."""
+    grid = spec.exploration.sampling
+    out = []
+    for task in tasks:
+        for k in range(spec.exploration.trajectories_per_task):
+            s = grid[k % len(grid)]
+            out.append(Episode(task, s.temperature, s.top_p, episode_seed(spec.exploration.seed, task, k),
+                               {"policy": policy, "sample": k}))
+    return out
+
+
+def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, policy: str = "sft-weak",
+            limit: int | None = None) -> list[Trajectory]:
+    """Explore the training tasks and write the trajectories to ``out`` (resumable)."""
+    tasks = training_tasks(spec, "train", limit)
+    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy), out, "exploring")

@@ -1,0 +1,32 @@
+"""Policies: prompts and generation backends (transformers, vLLM, OpenAI-compatible)."""
+
+from __future__ import annotations
+
+from tratree.policy.base import Backend, GenerationRequest
+from tratree.spec import PolicySpec
+
+__all__ = ["Backend", "GenerationRequest", "make_backend"]
+
+
+def make_backend(spec: PolicySpec, model: str, dtype: str = "auto") -> Backend:
+    """The spec's backend for a model directory (or, for ``openai``, a served model name)."""
+    if spec.backend == "openai":
+        from tratree.policy.openai_backend import OpenAIBackend
+
+        assert spec.endpoint is not None
+        return OpenAIBackend(spec.endpoint, model, spec.max_new_tokens, concurrency=spec.batch_size)
+    if spec.backend == "vllm":
+        from tratree.policy.vllm_backend import VLLMBackend
+        from tratree.train.models import adapter_base
+
+        base = adapter_base(model)
+        return VLLMBackend(
+            base or model,
+            spec.max_new_tokens,
+            lora_path=model if base else None,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+        )
+    from tratree.policy.transformers_backend import TransformersBackend
+
+    return TransformersBackend.from_pretrained(model, spec.max_new_tokens, spec.batch_size, dtype)

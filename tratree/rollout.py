@@ -1,0 +1,119 @@
+"""The agent loop: many episodes in flight, one batched generation call per round.
+
+Each round asks the backend for one reply for every running episode at once, parses
+"Thought: ... Action: ..." and steps each episode's own environment (in threads: the
+environments are JVMs behind sockets). A finished episode frees its slot for the next one.
+A reply with no parseable action is recorded and counted, and its text is passed to the
+environment as the action, which answers it as it answers any invalid action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tratree.envs import Environment, EnvPool, Outcome
+from tratree.formats import Step, Trajectory
+from tratree.policy.base import Backend, GenerationRequest
+from tratree.policy.prompts import conversation
+from tratree.react import parse_reply
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode to run: a task, sampling settings, a seed and what to record in ``meta``."""
+
+    task_id: str
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class _Running:
+    episode: Episode
+    env: Environment
+    instruction: str
+    observation: str
+    steps: list[Step] = field(default_factory=list)
+    last: Outcome | None = None
+    unparsed: int = 0
+
+
+def _finish(run: _Running, max_steps: int) -> Trajectory:
+    last = run.last
+    assert last is not None
+    return Trajectory(
+        task_id=run.episode.task_id,
+        instruction=run.instruction,
+        steps=run.steps,
+        final_observation=last.observation,
+        score=last.score,
+        success=last.success,
+        meta={
+            **run.episode.meta,
+            "temperature": run.episode.temperature,
+            "top_p": run.episode.top_p,
+            "seed": run.episode.seed,
+            "unparsed_replies": run.unparsed,
+            "step_limit_reached": not last.done and len(run.steps) >= max_steps,
+        },
+    )
+
+
+def run_episodes(
+    episodes: Iterable[Episode],
+    pool: EnvPool,
+    backend: Backend,
+    prompt: str,
+    max_steps: int,
+    batch_size: int,
+    on_step: Callable[[int], None] | None = None,
+) -> Iterator[Trajectory]:
+    """Run episodes with up to ``batch_size`` in flight; yields trajectories as they finish."""
+    pending = iter(episodes)
+    running: list[_Running] = []
+    with ThreadPoolExecutor(max_workers=max(1, batch_size)) as threads:
+        while True:
+            while len(running) < batch_size:
+                ep = next(pending, None)
+                if ep is None:
+                    break
+                env = pool.acquire()
+                start = env.reset(ep.task_id)
+                running.append(_Running(ep, env, start.instruction, start.observation))
+            if not running:
+                return
+            requests = [
+                GenerationRequest(
+                    messages=conversation(prompt, r.instruction, r.steps, r.observation),
+                    temperature=r.episode.temperature,
+                    top_p=r.episode.top_p,
+                    seed=r.episode.seed * 1009 + len(r.steps),
+                )
+                for r in running
+            ]
+            replies = backend.generate(requests)
+            actions = []
+            for r, reply in zip(running, replies, strict=True):
+                thought, action = parse_reply(reply)
+                if action is None:
+                    r.unparsed += 1
+                    thought, action = "", reply.strip().splitlines()[0] if reply.strip() else ""
+                r.steps.append(Step(observation=r.observation, thought=thought, action=action))
+                actions.append(action)
+            outcomes = list(threads.map(lambda ra: ra[0].env.step(ra[1]), zip(running, actions, strict=True)))
+            still = []
+            for r, out in zip(running, outcomes, strict=True):
+                r.last, r.observation = out, out.observation
+                if out.done or len(r.steps) >= max_steps:
+                    pool.release(r.env)
+                    yield _finish(r, max_steps)
+                else:
+                    still.append(r)
+            if on_step:
+                on_step(len(running))
+            running = still

@@ -1,0 +1,1 @@
+"""Model loading, tiny presets, SFT and DPO (TRL + PEFT)."""

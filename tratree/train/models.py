@@ -1,0 +1,82 @@
+"""Loading and saving causal LMs: Hugging Face ids, local directories, s3:// URIs, LoRA adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _quiet() -> None:
+    # tratree shows its own progress; transformers' per-shard bars would interleave with it
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a saved LoRA adapter directory; None when ``path`` is a full model."""
+    cfg = Path(path) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("base_model_name_or_path")
+
+
+def resolve(ref: str, cache_dir: str | None = None) -> str:
+    """A local directory or hub id for a model reference; s3:// URIs are downloaded to a cache once."""
+    if not ref.startswith("s3://"):
+        return ref
+    from tratree.artifacts import download_prefix
+
+    cache = Path(cache_dir or os.environ.get("TRATREE_MODEL_CACHE", Path.home() / ".cache" / "tratree" / "models"))
+    target = cache / ref.removeprefix("s3://").replace("/", "__")
+    if not (target / ".complete").exists():
+        download_prefix(ref, target)
+        (target / ".complete").touch()
+    return str(target)
+
+
+def load_causal_lm(ref: str, dtype: str = "auto", trainable: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a reference; an adapter directory loads onto its base model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet()
+    path = resolve(ref)
+    torch_dtype = getattr(torch, _DTYPES[dtype]) if dtype in _DTYPES else ("auto" if dtype == "auto" else None)
+    base = adapter_base(path)
+    model = AutoModelForCausalLM.from_pretrained(base or path, dtype=torch_dtype)
+    if base:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists() else base or path)
+    return model, tokenizer
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool = True) -> Path:
+    """Save as safetensors with the tokenizer beside; a LoRA model is merged unless told not to.
+
+    Written to a temp directory and renamed into place, so a directory that exists is complete.
+    """
+    _quiet()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if merge_lora and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
