@@ -42,3 +42,44 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 @pytest.fixture
 def cli():
     return run_cli
+
+
+QUICK_ENV = {
+    "name": "textworldexpress",
+    "tasks": ["cookingworld"],
+    "gameParams": "numLocations=1,numIngredients=2,numDistractorItems=2,includeDoors=0,limitInventorySize=0",
+    "maxSteps": 6,
+}
+
+
+def small_spec(**overrides):
+    """A small TextWorldExpress experiment spec for tests."""
+    from tratree.spec import parse_experiment
+
+    body = {
+        "weak": {"model": "tiny:weak"},
+        "strong": {"model": "tiny:strong"},
+        "environment": QUICK_ENV,
+        "policy": {"batchSize": 6, "maxNewTokens": 16},
+        "exploration": {"trajectoriesPerTask": 3},
+    }
+    for key, value in overrides.items():
+        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_experiment(body).spec
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A tokenizer trained on a few gold CookingWorld trajectories (shared by the tiny models)."""
+    from tratree.expert import expert_trajectories
+    from tratree.train.tiny import corpus, train_tokenizer
+
+    return train_tokenizer(corpus("textworldexpress", expert_trajectories(small_spec(), "train", 8)))
+
+
+@pytest.fixture(scope="session")
+def tiny_weak_dir(tmp_path_factory, tiny_tokenizer):
+    """An untrained tiny:weak model saved to disk."""
+    from tratree.train.tiny import create
+
+    return create("weak", tiny_tokenizer, tmp_path_factory.mktemp("models") / "weak")

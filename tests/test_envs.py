@@ -1,0 +1,151 @@
+"""Real environments: gold trajectories replay to full score, scores stay in [0, 1], guards fail fast."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.conftest import QUICK_ENV
+from tratree.envs import EnvironmentUnavailable, make_env, task_ids
+from tratree.spec import EnvironmentSpec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def twx():
+    env = make_env(EnvironmentSpec(name="textworldexpress", tasks=["cookingworld", "coin", "mapreader", "arithmetic",
+                                                                    "sorting", "twc"], max_steps=60))
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("game", ["cookingworld", "coin", "mapreader", "arithmetic", "sorting", "twc"])
+def test_textworldexpress_gold_replays_to_full_score(twx, game):
+    tasks = twx.tasks("train")[game][:3]
+    for task in tasks:
+        actions = twx.gold_actions(task)
+        start = twx.reset(task)
+        assert start.instruction and start.observation
+        scores = []
+        for action in actions:
+            out = twx.step(action)
+            scores.append(out.score)
+        assert out.done and out.success and out.score == 1.0
+        assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_textworldexpress_is_deterministic_and_uses_its_folds(twx):
+    task = twx.tasks("test")["coin"][0]
+    assert task.startswith("coin/test/")
+    a = (twx.reset(task), [twx.step(x).observation for x in ("look around", "inventory")])
+    b = (twx.reset(task), [twx.step(x).observation for x in ("look around", "inventory")])
+    assert a == b
+    assert set(twx.tasks("train")["coin"]).isdisjoint(twx.tasks("test")["coin"])
+
+
+def test_task_ids_interleave_games_and_respect_caps():
+    spec = EnvironmentSpec(name="textworldexpress", tasks=["coin", "sorting"], train_tasks=5)
+    env = make_env(spec)
+    try:
+        ids = task_ids(env, spec, "train")
+    finally:
+        env.close()
+    assert ids == ["coin/train/0", "sorting/train/0", "coin/train/1", "sorting/train/1", "coin/train/2"]
+
+
+def test_random_actions_earn_partial_credit_and_fail():
+    """In the quickstart's one-room kitchen, random choices among the gold actions (plus noise)
+    mostly fail, with partial credit."""
+    twx = make_env(EnvironmentSpec(**{k: v for k, v in QUICK_ENV.items() if k != "maxSteps"}))
+    rng = random.Random(0)
+    partial, failures = 0, 0
+    for task in twx.tasks("train")["cookingworld"][:12]:
+        gold = twx.gold_actions(task)
+        twx.reset(task)
+        out = None
+        for _ in range(20):
+            out = twx.step(rng.choice([*gold, "dance"]))
+            assert 0.0 <= out.score <= 1.0
+            if out.done:
+                break
+        failures += not out.success
+        partial += 0.0 < out.score < 1.0
+    twx.close()
+    assert failures >= 6 and partial >= 3
+
+
+@pytest.fixture(scope="module")
+def sciworld(monkeypatch_module):
+    monkeypatch_module.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m")
+    env = make_env(EnvironmentSpec(name="scienceworld", tasks=["find-living-thing", "lifespan-longest-lived"],
+                                   max_steps=40))
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["find-living-thing", "lifespan-longest-lived"])
+def test_scienceworld_gold_replays_to_full_score(sciworld, task):
+    task_id = sciworld.tasks("train")[task][0]
+    actions = sciworld.gold_actions(task_id)
+    start = sciworld.reset(task_id)
+    assert "Your task is to" in start.instruction
+    for action in actions:
+        out = sciworld.step(action)
+        assert 0.0 <= out.score <= 1.0
+    assert out.score == 1.0 and out.success
+
+
+@pytest.mark.slow
+def test_scienceworld_invalid_action_is_answered_not_raised(sciworld):
+    task_id = sciworld.tasks("test")["lifespan-longest-lived"][0]
+    sciworld.reset(task_id)
+    out = sciworld.step("fly to the moon")
+    assert "No known action" in out.observation and 0.0 <= out.score <= 1.0 and not out.done
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (EnvironmentSpec(name="alfworld"), "alfworld-download"),
+        (EnvironmentSpec(name="alfworld", data_path="/nonexistent/alfworld"), "no games under"),
+        (EnvironmentSpec(name="webshop"), "WebShop needs its package and data"),
+        (EnvironmentSpec(name="webshop", data_path="/nonexistent/webshop"), "items_shuffle.json not found"),
+    ],
+)
+def test_alfworld_and_webshop_without_data_fail_at_once(spec, message, monkeypatch):
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(EnvironmentUnavailable, match=message):
+        make_env(spec)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_alfworld_with_empty_data_folder_fails_instead_of_spinning(tmp_path):
+    (tmp_path / "json_2.1.1" / "train").mkdir(parents=True)
+    t0 = time.monotonic()
+    with pytest.raises(EnvironmentUnavailable, match="no games under"):
+        make_env(EnvironmentSpec(name="alfworld", data_path=str(tmp_path)))
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_cli_reports_missing_data_in_one_line(cli, tmp_path):
+    exp = tmp_path / "alf.yaml"
+    exp.write_text("weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\nenvironment: {name: alfworld}\n")
+    r = cli("expert", str(exp), "-o", str(tmp_path / "e.jsonl"), env={"ALFWORLD_DATA": ""})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "alfworld-download" in r.stderr
+
+
+def test_unknown_games_are_refused():
+    with pytest.raises(ValueError, match="unknown TextWorldExpress game 'chess'"):
+        make_env(EnvironmentSpec(name="textworldexpress", tasks=["chess"]))
