@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 from tratree.formats import Step, Trajectory
 
 PER_TASK, STEPS, CHUNK = 6, 10, 10_000

@@ -155,3 +155,21 @@ def test_openai_backend_unreachable_endpoint():
     backend = OpenAIBackend("http://127.0.0.1:9/v1", "m", timeout=2)
     with pytest.raises(RuntimeError, match=r"127\.0\.0\.1:9/v1/chat/completions"):
         backend.generate([GenerationRequest(MESSAGES)])
+
+
+def test_per_row_sampling_applies_each_rows_settings():
+    import torch
+
+    from tratree.policy.transformers_backend import PerRowSampling
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    reqs = [GenerationRequest(MESSAGES, 0.0, 0.5), GenerationRequest(MESSAGES, 1.0, 0.7),
+            GenerationRequest(MESSAGES, 1.0, 1.0)]
+    out = PerRowSampling(reqs, "cpu")(None, logits.clone())
+    finite = torch.isfinite(out)
+    assert finite[0].tolist() == [True, False, False, False]  # greedy: the argmax only
+    assert finite[1].tolist() == [True, True, False, False]  # top-p 0.7: 0.5 + 0.3 is the nucleus
+    assert finite[2].all()
+    assert torch.allclose(out[2].softmax(-1), logits[2].softmax(-1))
+    hot = PerRowSampling([GenerationRequest(MESSAGES, 2.0, 1.0)], "cpu")(None, logits[:1].clone())
+    assert hot.softmax(-1)[0, 0] < 0.5  # a higher temperature flattens the distribution

@@ -74,7 +74,9 @@ def run_episodes(
     on_step: Callable[[int], None] | None = None,
 ) -> Iterator[Trajectory]:
     """Run episodes with up to ``batch_size`` in flight; yields trajectories as they finish."""
-    pending = iter(episodes)
+    todo = list(episodes)
+    pending = iter(todo)
+    pool.prestart(min(batch_size, len(todo)))
     running: list[_Running] = []
     with ThreadPoolExecutor(max_workers=max(1, batch_size)) as threads:
         while True:

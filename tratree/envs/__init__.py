@@ -57,6 +57,18 @@ class EnvPool:
         self._all.append(env)
         return env
 
+    def prestart(self, n: int) -> None:
+        """Start instances until n are free, in parallel (each may be a JVM taking a second to boot)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        missing = n - len(self._free)
+        if missing <= 0:
+            return
+        with ThreadPoolExecutor(max_workers=min(missing, 8)) as threads:
+            started = list(threads.map(lambda _: self._factory(), range(missing)))
+        self._all.extend(started)
+        self._free.extend(started)
+
     def release(self, env: Environment) -> None:
         self._free.append(env)
 

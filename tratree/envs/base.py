@@ -65,13 +65,15 @@ def clamp_score(value: float) -> float:
 
 
 @contextlib.contextmanager
-def jvm_heap(default: str) -> Iterator[None]:
-    """Bound the heap of JVMs started inside the block, unless the user set -Xmx already."""
+def jvm_options(heap: str, extra: str = "") -> Iterator[None]:
+    """Options for JVMs started inside the block: a bounded heap unless the user set -Xmx, plus ``extra``."""
     old = os.environ.get("JAVA_TOOL_OPTIONS")
-    if old and "-Xmx" in old:
-        yield
-        return
-    os.environ["JAVA_TOOL_OPTIONS"] = f"{old} -Xmx{default}".strip() if old else f"-Xmx{default}"
+    opts = [old] if old else []
+    if not (old and "-Xmx" in old):
+        opts.append(f"-Xmx{heap}")
+    if extra:
+        opts.append(extra)
+    os.environ["JAVA_TOOL_OPTIONS"] = " ".join(opts)
     try:
         yield
     finally:

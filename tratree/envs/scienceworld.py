@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, jvm_heap, split_task_id
+from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, jvm_options, split_task_id
 
 # The paper's agents may teleport and find containers open: ScienceWorld's "easy" simplifications.
 DEFAULT_SIMPLIFICATIONS = "easy"
@@ -20,7 +20,7 @@ class ScienceWorld:
             from scienceworld import ScienceWorldEnv
         except ImportError as err:
             raise EnvironmentUnavailable("ScienceWorld needs `pip install scienceworld` and Java 17") from err
-        with jvm_heap(heap):
+        with jvm_options(heap):
             self._env = ScienceWorldEnv("", envStepLimit=step_limit)
         known = list(self._env.get_task_names())
         unknown = [t for t in task_names if t not in known]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from itertools import groupby
 from typing import Any
+
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from tratree.policy.base import GenerationRequest, cut_reply
 from tratree.policy.prompts import fit
@@ -25,6 +26,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         limit = getattr(model.config, "max_position_embeddings", None) or 4096
         self.max_prompt_tokens = max(16, limit - max_new_tokens)
+        self.generated_tokens = 0  # non-padding tokens generated so far (throughput reports)
 
     @classmethod
     def from_pretrained(cls, path: str, max_new_tokens: int = 128, batch_size: int = 16, dtype: str = "auto") -> TransformersBackend:
@@ -35,42 +37,71 @@ class TransformersBackend:
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:
         def length(msgs: list[dict[str, str]]) -> int:
-            return len(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+            ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
+            return len(ids["input_ids"])
 
         return self.tokenizer.apply_chat_template(
             fit(messages, length, self.max_prompt_tokens), add_generation_prompt=True, tokenize=False
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
-        out: list[str | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].temperature, requests[i].top_p))
-        for (temperature, top_p), group in groupby(order, key=lambda i: (requests[i].temperature, requests[i].top_p)):
-            idx = list(group)
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start : start + self.batch_size]
-                replies = self._generate([self._prompt(requests[i].messages) for i in chunk], temperature, top_p, requests[chunk[0]].seed)
-                for i, reply in zip(chunk, replies, strict=True):
-                    out[i] = reply
-        return [r or "" for r in out]
+        out: list[str] = [""] * len(requests)
+        prompts = [self._prompt(r.messages) for r in requests]
+        # similar lengths together: less padding in each batch
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            replies = self._generate([prompts[i] for i in chunk], [requests[i] for i in chunk])
+            for i, reply in zip(chunk, replies, strict=True):
+                out[i] = reply
+        return out
 
-    def _generate(self, prompts: list[str], temperature: float, top_p: float, seed: int) -> list[str]:
+    def _generate(self, prompts: list[str], requests: list[GenerationRequest]) -> list[str]:
         torch = self.torch
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                              truncation=True, max_length=self.max_prompt_tokens)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        sample = temperature > 0
-        kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": self.max_new_tokens,
-                                  "pad_token_id": self.tokenizer.pad_token_id,
-                                  "eos_token_id": self.tokenizer.eos_token_id}
-        if sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                                  "eos_token_id": self.tokenizer.eos_token_id, "top_k": None}
+        if all(r.temperature == 0 for r in requests):
+            kwargs.update(do_sample=False, temperature=None, top_p=None)
         else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        torch.manual_seed(seed)
+            # one call for the whole batch, each row with its own temperature and top-p
+            kwargs.update(do_sample=True, temperature=None, top_p=None,
+                          logits_processor=LogitsProcessorList([PerRowSampling(requests, self.model.device)]))
+        torch.manual_seed(requests[0].seed)
         with torch.inference_mode():
             generated = self.model.generate(**enc, **kwargs)
         new = generated[:, enc["input_ids"].shape[1] :]
+        self.generated_tokens += int((new != self.tokenizer.pad_token_id).sum())
         return [cut_reply(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def close(self) -> None:
         self.model = None
+
+
+class PerRowSampling(LogitsProcessor):
+    """Temperature and nucleus (top-p) filtering with settings per batch row; temperature 0 is greedy."""
+
+    def __init__(self, requests: list[GenerationRequest], device: Any) -> None:
+        import torch
+
+        self.temperature = torch.tensor([r.temperature for r in requests], device=device)
+        self.top_p = torch.tensor([r.top_p if r.temperature > 0 else 1.0 for r in requests], device=device)
+        self.greedy = self.temperature == 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores = scores / self.temperature.clamp(min=1e-6).unsqueeze(1).to(scores.dtype)
+        sorted_scores, index = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        # drop a token once the mass before it already reaches top-p (the top token always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= self.top_p.unsqueeze(1)
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(1, index, sorted_scores)
+        if self.greedy.any():
+            best = scores.argmax(dim=-1, keepdim=True)
+            only_best = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
+            scores = torch.where(self.greedy.unsqueeze(1), only_best, scores)
+        return scores
