@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from tratree import __version__
@@ -161,6 +162,52 @@ def _backend(exp, model: str):
     return make_backend(exp.spec.policy, model)
 
 
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tratree.run import run_pipeline
+
+    exp = _experiment(args.experiment)
+    store = args.artifacts or exp.spec.artifacts
+    console = Console(stderr=True)
+    console.print(f"[bold]{exp.name}[/]: artifacts in {store}")
+
+    def show(event, stage, outcome, i, n):
+        tag = f"[{i + 1:>2}/{n}] {stage.name}"
+        if event == "start":
+            console.print(f"{tag} …", highlight=False)
+        elif outcome.status == "cached":
+            console.print(f"{tag} [dim]cached[/]", highlight=False)
+        else:
+            console.print(f"{tag} [green]done[/] in {outcome.seconds:.1f}s", highlight=False)
+
+    t0 = time.monotonic()
+    outcomes = run_pipeline(exp.spec, store, args.only, show)
+    table = Table(title=f"{exp.name}: {len(outcomes)} stages in {time.monotonic() - t0:.1f}s")
+    for col in ("stage", "status", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for o in outcomes:
+        table.add_row(o.stage, o.status, f"{o.seconds:.1f}")
+    console.print(table)
+    report = next((o for o in outcomes if o.stage == "report"), None)
+    if report is not None:
+        from tratree.artifacts import open_store
+
+        text = open_store(store).read_bytes(f"{report.manifest['prefix']}/results.md")
+        print(text.decode() if text else "", file=sys.stderr)
+        console.print(f"report: {open_store(store).url(report.manifest['prefix'])}/")
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    from tratree.run import run_stage
+
+    exp = _experiment(args.spec)
+    outcome = run_stage(exp.spec, args.name, args.artifacts)
+    print(f"{args.name}: {outcome.status} ({outcome.key}) in {outcome.seconds:.1f}s", file=sys.stderr)
+
+
 def cmd_expert(args: argparse.Namespace) -> None:
     from tratree.expert import expert_trajectories
     from tratree.formats import write_jsonl
@@ -303,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--exploration", type=_non_negative_float, default=1.41)
     sp.add_argument("--seed", type=int, default=0)
 
+    sp = add(sub, "run", cmd_run, "the whole pipeline on this machine (resumable, cached)")
+    sp.add_argument("experiment")
+    sp.add_argument("--artifacts", help="store URI (default: the spec's artifacts)")
+    sp.add_argument("--only", nargs="+", metavar="STAGE", help="run these stages and what they need")
+
+    sp = add(sub, "stage", cmd_stage, "run one stage against a store (what a Kubernetes Job runs)")
+    sp.add_argument("name")
+    sp.add_argument("--spec", required=True, help="EXPERIMENT.yaml")
+    sp.add_argument("--artifacts", help="store URI (default: the spec's artifacts)")
+
     sp = add(sub, "expert", cmd_expert, "gold trajectories of the experiment's environment")
     sp.add_argument("experiment")
     sp.add_argument("-o", "--output", required=True)
@@ -339,14 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `tratree` command; returns the exit status."""
+    from tratree.artifacts import StoreError
     from tratree.envs.base import EnvironmentUnavailable
     from tratree.formats import FormatError
+    from tratree.pipeline import UnknownStage
+    from tratree.run import StageNotReady
     from tratree.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, FormatError, SpecError, EnvironmentUnavailable) as err:
+    except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -36,3 +36,12 @@ def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, policy: str
     """Explore the training tasks and write the trajectories to ``out`` (resumable)."""
     tasks = training_tasks(spec, "train", limit)
     return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy), out, "exploring")
+
+
+def best_per_task(trajectories: list[Trajectory]) -> list[Trajectory]:
+    """Each task's best-scoring explored trajectory (the first among equals)."""
+    best: dict[str, Trajectory] = {}
+    for t in trajectories:
+        if t.task_id not in best or t.score > best[t.task_id].score:
+            best[t.task_id] = t
+    return list(best.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from tratree.formats import Pair, Step
+from tratree.formats import Pair, Step, Trajectory
 from tratree.tree import Tree
 
 Continuation = Literal["leaf", "first-step"]
@@ -125,3 +125,28 @@ def random_pairs(tree: Tree, rng: random.Random, max_pairs: int | None = None) -
         )
         for good, bad in matched
     ]
+
+
+def expert_pairs(expert: list[Trajectory], explored: list[Trajectory], mode: Literal["eto", "ceiling"]) -> list[Pair]:
+    """Whole-trajectory pairs of each task's expert run against the model's own explorations.
+
+    ``eto`` (Song et al., 2024): whichever of the two scored higher is chosen; ties give no pair.
+    ``ceiling``: the expert trajectory is always chosen (identical trajectories excepted).
+    """
+    gold = {t.task_id: t for t in expert}
+    out = []
+    for own in explored:
+        ref = gold.get(own.task_id)
+        if ref is None or [s.action for s in own.steps] == [s.action for s in ref.steps]:
+            continue
+        if mode == "ceiling":
+            good, bad = ref, own
+        elif ref.score != own.score:
+            good, bad = (ref, own) if ref.score > own.score else (own, ref)
+        else:
+            continue
+        out.append(Pair.model_construct(
+            task_id=own.task_id, instruction=ref.instruction, prefix=[], chosen=good.steps, rejected=bad.steps,
+            chosen_value=good.score, rejected_value=bad.score, kind=mode, node=None,
+        ))
+    return out

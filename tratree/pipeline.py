@@ -1,0 +1,155 @@
+"""The stage graph: which stages a spec's methods need, what each reads, and its cache key.
+
+A stage is a function of its inputs: its cache key hashes the spec fields it reads (its
+``params``), the digests of its inputs' outputs and the code version. Same key, same output:
+the stored one is reused. The local runner and the operator's Jobs both plan with this module
+and run the same stage code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tratree import __version__
+from tratree.spec import ExperimentSpec, StageKind
+from tratree.train.tiny import preset_name
+
+W2SG_METHODS = ("w2s-mcts", "w2s-treedpo", "w2s-random-dpo")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the graph. ``action`` names the code that runs it (see tratree.stages)."""
+
+    name: str
+    action: str
+    kind: StageKind
+    inputs: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    gpu: bool = False
+
+    def prefix(self, key: str) -> str:
+        """Where its outputs live in the store."""
+        return f"stages/{self.name}/{key}"
+
+
+@cache
+def code_version() -> str:
+    """tratree's version and a digest of its sources: changed code never reuses old outputs."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def cache_key(stage: Stage, input_digests: dict[str, str]) -> str:
+    """The content address of a stage's outputs."""
+    blob = json.dumps(
+        {"action": stage.action, "params": stage.params, "inputs": input_digests, "code": code_version()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True) if model is not None else None
+
+
+def plan(spec: ExperimentSpec) -> list[Stage]:
+    """The stages the spec's methods need, in an order where every input comes first."""
+    methods = set(spec.methods)
+    env = _dump(spec.environment)
+    policy = {k: v for k, v in _dump(spec.policy).items() if k in ("backend", "endpoint", "maxNewTokens")}
+    tiny = any(preset_name(m.model) for m in (spec.weak, spec.strong))
+    tok = ("tokenizer",) if tiny else ()
+    stages: dict[str, Stage] = {}
+
+    def add(name: str, action: str, kind: StageKind, inputs: tuple[str, ...], gpu: bool = False, **params: Any) -> str:
+        stages[name] = Stage(name, action, kind, inputs, params, gpu)
+        return name
+
+    def sft(name: str, data: str, seed: int, data_stage: str) -> str:
+        return add(name, "sft", "sft", (data_stage, *tok), True, model=_dump(spec.strong), data=data, seed=seed,
+                   training=_dump(spec.training.sft), env=spec.environment.name)
+
+    def evaluate(method: str, model_stage: str, seed: int, best_of: int | None = None) -> None:
+        add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage,), True, env=env, policy=policy,
+            evaluation=_dump(spec.evaluation), best_of=best_of, method=method, seed=seed)
+
+    add("expert", "expert", "expert", (), env=env, expert=_dump(spec.expert))
+    if tiny:
+        add("tokenizer", "tokenizer", "sft", ("expert",), env=spec.environment.name)
+    needs_weak = bool(methods & {"sft-weak", *W2SG_METHODS})
+    if needs_weak:
+        add("sft-weak", "sft", "sft", ("expert", *tok), True, model=_dump(spec.weak), data="expert", seed=0,
+            training=_dump(spec.training.sft), env=spec.environment.name)
+    if methods & set(W2SG_METHODS):
+        add("explore", "explore", "explore", ("sft-weak",), True, env=env, policy=policy,
+            exploration=_dump(spec.exploration), policy_name="sft-weak")
+        add("trees", "trees", "trees", ("explore",), tree=_dump(spec.tree))
+    if "w2s-treedpo" in methods:
+        add("pairs", "pairs", "trees", ("trees",), mode="tree", treeDpo=_dump(spec.tree_dpo))
+    if "w2s-random-dpo" in methods:
+        add("random-pairs", "pairs", "trees", ("trees",), mode="random", treeDpo=_dump(spec.tree_dpo))
+    if "w2s-mcts" in methods:
+        add("mcts", "mcts", "trees", ("trees",), mcts=_dump(spec.mcts))
+    if "sft-weak" in methods:
+        evaluate("sft-weak", "sft-weak", 0)
+    dpo = _dump(spec.training.dpo)
+    for seed in spec.seeds:
+        base = f"sft-strong-s{seed}"
+        if methods & {"sft-strong", "best-of-n", "eto", "ceiling"}:
+            sft(base, "expert", seed, "expert")
+        if "sft-strong" in methods:
+            evaluate("sft-strong", base, seed)
+        if "best-of-n" in methods:
+            evaluate("best-of-n", base, seed, spec.evaluation.best_of_n)
+        if "w2s-mcts" in methods:
+            evaluate("w2s-mcts", sft(f"w2s-mcts-s{seed}", "mcts", seed, "mcts"), seed)
+        if methods & {"w2s-treedpo", "w2s-random-dpo"}:
+            init = sft(f"w2s-init-s{seed}", "best-explored", seed, "explore")
+            ref = ("sft-weak",) if spec.tree_dpo.reference == "weak-sft" else ()
+            for method, pairs in (("w2s-treedpo", "pairs"), ("w2s-random-dpo", "random-pairs")):
+                if method in methods:
+                    name = add(f"{method}-s{seed}", "dpo", "dpo", (init, pairs, *ref), True, training=dpo,
+                               lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name)
+                    evaluate(method, name, seed)
+        if methods & {"eto", "ceiling"}:
+            own = add(f"strong-explore-s{seed}", "explore", "explore", (base,), True, env=env, policy=policy,
+                      exploration=_dump(spec.exploration), policy_name=f"sft-strong-s{seed}")
+            for method in ("eto", "ceiling"):
+                if method in methods:
+                    name = add(f"{method}-s{seed}", "dpo", "dpo", (base, own, "expert"), True, training=dpo,
+                               lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name, pairs=method)
+                    evaluate(method, name, seed)
+    evals = tuple(n for n in stages if n.startswith("eval-"))
+    extras = tuple(n for n in ("trees", "mcts") if n in stages)
+    add("report", "report", "report", (*evals, *extras), methods=list(spec.methods), seeds=list(spec.seeds))
+    return list(stages.values())
+
+
+class UnknownStage(ValueError):
+    """A stage name that is not in the experiment's graph."""
+
+
+def select(stages: list[Stage], only: list[str]) -> list[Stage]:
+    """The named stages and everything they need; unknown names are a ValueError listing the known ones."""
+    by_name = {s.name: s for s in stages}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise UnknownStage(f"unknown stage {unknown[0]!r} (stages: {', '.join(by_name)})")
+    wanted: set[str] = set()
+    todo = list(only)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(by_name[name].inputs)
+    return [s for s in stages if s.name in wanted]

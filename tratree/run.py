@@ -1,0 +1,157 @@
+"""Running stages against a store: one stage (what a Kubernetes Job runs) or the whole graph.
+
+A stage whose manifest exists and whose files match it is cached and skipped. Otherwise its
+inputs are fetched (checked against their sha256), its code runs into a work directory, and
+its outputs are committed with the manifest last. For a file:// store the work directory is
+the stage's own folder in the store, so an interrupted stage resumes where it stopped (the
+exploration's partial file is there); for s3:// it is a local cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tratree.artifacts import Store, StoreError, open_store
+from tratree.pipeline import Stage, UnknownStage, cache_key, code_version, plan, select
+from tratree.spec import ExperimentSpec
+
+
+class StageNotReady(RuntimeError):
+    """A stage was asked to run before one of its inputs was done."""
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # "cached" or "done"
+    key: str
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def work_root() -> Path:
+    return Path(os.environ.get("TRATREE_WORK", Path.home() / ".cache" / "tratree" / "work"))
+
+
+def _done(store: Store, stage: Stage, key: str) -> dict[str, Any] | None:
+    """The stage's manifest if it is done and its files are intact; a corrupted one is invalidated."""
+    prefix = stage.prefix(key)
+    manifest = store.read_manifest(prefix)
+    if manifest is None:
+        return None
+    try:
+        store.verify(prefix, manifest)
+    except StoreError:
+        store.invalidate(prefix)
+        return None
+    return manifest
+
+
+def stage_key(store: Store, stages: dict[str, Stage], stage: Stage) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(cache key, input manifests) of a stage whose inputs are done; StageNotReady otherwise."""
+    manifests = {}
+    for name in stage.inputs:
+        dep = stages[name]
+        dep_key, _ = stage_key(store, stages, dep)
+        manifest = store.read_manifest(dep.prefix(dep_key))
+        if manifest is None:
+            raise StageNotReady(f"stage {stage.name} needs {name}, which is not done")
+        manifests[name] = manifest
+    return cache_key(stage, {n: m["digest"] for n, m in manifests.items()}), manifests
+
+
+def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]]) -> StageOutcome:
+    """Run one stage whose inputs are done and commit its outputs; cached if already done."""
+    from tratree.stages import StageContext, action
+
+    t0 = time.monotonic()
+    manifest = _done(store, stage, key)
+    if manifest is not None:
+        return StageOutcome(stage.name, "cached", key, manifest, time.monotonic() - t0)
+    prefix = stage.prefix(key)
+    work = work_root() / stage.name / key
+    local_inputs = {}
+    for name, m in inputs.items():
+        dep_prefix = m["prefix"]
+        try:
+            local_inputs[name] = store.fetch(dep_prefix, m, work_root() / "inputs" / dep_prefix)
+        except StoreError:
+            store.invalidate(dep_prefix)  # found corrupted: it reruns on the next plan
+            raise
+    out = store.local_path(prefix) or work
+    _clear_stale(out)
+    started = time.time()
+    summary = action(stage.action)(StageContext(spec, stage, local_inputs, out))
+    meta = {
+        "stage": stage.name,
+        "action": stage.action,
+        "key": key,
+        "prefix": prefix,
+        "params": stage.params,
+        "inputs": {n: m["digest"] for n, m in inputs.items()},
+        "code_version": code_version(),
+        "started": started,
+        "seconds": time.time() - started,
+        "summary": summary,
+    }
+    manifest = store.commit(out, prefix, meta)
+    if out == work:
+        shutil.rmtree(work, ignore_errors=True)
+    return StageOutcome(stage.name, "done", key, manifest, time.monotonic() - t0)
+
+
+def _clear_stale(out: Path) -> None:
+    """Remove what an earlier, unfinished run left, except partial files a stage resumes from."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        if path.name.endswith(".partial"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def run_stage(spec: ExperimentSpec, name: str, store_uri: str | None = None) -> StageOutcome:
+    """``tratree stage NAME``: run one stage of the spec's graph against the store."""
+    stages = {s.name: s for s in plan(spec)}
+    if name not in stages:
+        raise UnknownStage(f"unknown stage {name!r} (stages: {', '.join(stages)})")
+    store = open_store(store_uri or spec.artifacts)
+    key, inputs = stage_key(store, stages, stages[name])
+    return execute(store, spec, stages[name], key, inputs)
+
+
+def run_pipeline(
+    spec: ExperimentSpec,
+    store_uri: str | None = None,
+    only: list[str] | None = None,
+    on_event: Callable[[str, Stage, StageOutcome | None, int, int], None] | None = None,
+) -> list[StageOutcome]:
+    """Run the graph in dependency order; ``only`` runs those stages and what they need."""
+    stages = plan(spec)
+    if only:
+        stages = select(stages, only)
+    by_name = {s.name: s for s in plan(spec)}
+    store = open_store(store_uri or spec.artifacts)
+    outcomes: list[StageOutcome] = []
+    digests: dict[str, dict[str, Any]] = {}
+    for i, stage in enumerate(stages):
+        inputs = {n: digests[n] for n in stage.inputs if n in digests}
+        if len(inputs) != len(stage.inputs):
+            _, inputs = stage_key(store, by_name, stage)
+        key = cache_key(stage, {n: m["digest"] for n, m in inputs.items()})
+        if on_event:
+            on_event("start", stage, None, i, len(stages))
+        outcome = execute(store, spec, stage, key, inputs)
+        digests[stage.name] = outcome.manifest
+        outcomes.append(outcome)
+        if on_event:
+            on_event("end", stage, outcome, i, len(stages))
+    return outcomes

@@ -1,0 +1,20 @@
+"""The evaluation stage: a trained model on the held-out tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tratree.stages import StageContext
+
+
+def evaluate(ctx: StageContext) -> dict[str, Any]:
+    from tratree.evaluate import evaluate as run
+    from tratree.policy import make_backend
+
+    (model_dir,) = ctx.inputs.values()
+    backend = make_backend(ctx.spec.policy, str(model_dir))
+    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", best_of=ctx.stage.params["best_of"])
+    result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
+    (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return {k: result[k] for k in ("average_reward", "success_rate", "tasks", "method", "seed")}

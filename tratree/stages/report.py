@@ -1,0 +1,125 @@
+"""The report stage: the paper's Table 1 for this experiment, a plot, and tree viewers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from tratree.stages import StageContext
+
+W2SG = ("w2s-mcts", "w2s-treedpo", "w2s-random-dpo")
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def _ttest(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value; None when either side has fewer than two values or no spread."""
+    if len(a) < 2 or len(b) < 2 or (stdev(a) == 0 and stdev(b) == 0):
+        return None
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return None if math.isnan(p) else p
+
+
+def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """Per method: average reward and success rate over seeds, p-value vs sft-strong, gap recovered."""
+    by_method: dict[str, dict[str, list[float]]] = {}
+    for m in metrics:
+        row = by_method.setdefault(m["method"], {"average_reward": [], "success_rate": []})
+        row["average_reward"].append(m["average_reward"])
+        row["success_rate"].append(m["success_rate"])
+    table: dict[str, Any] = {}
+    for method in methods:
+        if method not in by_method:
+            continue
+        row = by_method[method]
+        table[method] = {
+            "average_reward": _summary(row["average_reward"]),
+            "success_rate": _summary(row["success_rate"]),
+            "seeds": len(row["average_reward"]),
+        }
+    base = by_method.get("sft-strong", {}).get("average_reward")
+    weak = table.get("sft-weak", {}).get("average_reward", {}).get("mean")
+    ceiling = table.get("ceiling", {}).get("average_reward", {}).get("mean")
+    for method, row in table.items():
+        if method in W2SG or method in ("best-of-n", "eto", "ceiling"):
+            row["p_value_vs_sft_strong"] = _ttest(row["average_reward"]["values"], base) if base else None
+        if weak is not None and ceiling is not None and ceiling != weak and method != "sft-weak":
+            row["gap_recovered"] = (row["average_reward"]["mean"] - weak) / (ceiling - weak)
+    return table
+
+
+def markdown(table: dict[str, Any], title: str) -> str:
+    """The results as a Markdown table in the paper's layout."""
+    lines = [f"# {title}", "", "| method | average reward | success rate | p vs sft-strong | gap recovered | seeds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method, row in table.items():
+        ar, sr = row["average_reward"], row["success_rate"]
+        p = row.get("p_value_vs_sft_strong")
+        g = row.get("gap_recovered")
+        lines.append(
+            f"| {method} | {ar['mean']:.1f} ± {ar['std']:.1f} | {sr['mean']:.1f} ± {sr['std']:.1f} | "
+            f"{'—' if p is None else f'{p:.3g}'} | {'—' if g is None else f'{100 * g:.0f}%'} | {row['seeds']} |"
+        )
+    lines += ["", "Average reward and success rate ×100 on held-out tasks, mean ± std over training seeds; "
+              "p: two-sided Welch t-test against sft-strong; gap recovered: (R − R_sft-weak) / (R_ceiling − R_sft-weak)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(table)
+    means = [table[m]["average_reward"]["mean"] for m in methods]
+    stds = [table[m]["average_reward"]["std"] for m in methods]
+    colours = ["#2e7d32" if m in W2SG else "#9e9e9e" if m.startswith("sft") else "#1565c0" for m in methods]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 4))
+    ax.bar(methods, means, yerr=stds, color=colours, capsize=4)
+    ax.set_ylabel("average reward (×100)")
+    ax.set_title("held-out average reward by method (green: weak-to-strong)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(ctx: StageContext) -> dict[str, Any]:
+    metrics = [json.loads((d / "metrics.json").read_text()) for n, d in ctx.inputs.items() if n.startswith("eval-")]
+    table = results_table(metrics, ctx.stage.params["methods"])
+    extras: dict[str, Any] = {}
+    if "trees" in ctx.inputs:
+        extras["trees"] = json.loads((ctx.input("trees") / "stats.json").read_text())
+        _tree_pages(ctx)
+    results = {"format": 1, "methods": table, **extras}
+    (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (ctx.out / "results.md").write_text(markdown(table, "W2SG results"))
+    if table:
+        plot(table, ctx.out / "results.png")
+    return {m: round(r["average_reward"]["mean"], 2) for m, r in table.items()}
+
+
+def _tree_pages(ctx: StageContext, count: int = 3) -> None:
+    """Viewer pages of the trees with the most divergence points, with their MCTS paths where there are some."""
+    from tratree.formats import PathRecord, iter_jsonl
+    from tratree.tree import read_trees
+    from tratree.treeview import render_html
+
+    trees = read_trees(ctx.input("trees") / "trees.jsonl")
+    paths = {}
+    if "mcts" in ctx.inputs:
+        paths = {p.task_id: p.nodes for p in iter_jsonl(ctx.input("mcts") / "paths.jsonl", PathRecord)}
+    trees.sort(key=lambda t: -t.stats().divergence_points)
+    folder = ctx.out / "trees"
+    folder.mkdir(exist_ok=True)
+    for tree in trees[:count]:
+        name = tree.task_id.replace("/", "_")
+        (folder / f"{name}.html").write_text(render_html(tree, paths.get(tree.task_id)))

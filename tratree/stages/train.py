@@ -1,0 +1,84 @@
+"""Stages that train: the shared tiny tokenizer, SFT and DPO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tratree.formats import Pair, PathRecord, Trajectory, read_jsonl
+from tratree.stages import StageContext
+from tratree.stages.data import TRAJECTORIES
+
+
+def tokenizer(ctx: StageContext) -> dict[str, Any]:
+    from tratree.train.tiny import corpus, train_tokenizer
+
+    trajs = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
+    tok = train_tokenizer(corpus(ctx.spec.environment.name, trajs))
+    tok.save_pretrained(ctx.out)
+    return {"vocabulary": len(tok)}
+
+
+def _tokenizer_of(ctx: StageContext) -> Any:
+    if "tokenizer" not in ctx.inputs:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ctx.input("tokenizer"))
+
+
+def _sft_data(ctx: StageContext) -> list[Trajectory]:
+    data = ctx.stage.params["data"]
+    if data == "expert":
+        return read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
+    if data == "mcts":
+        paths = read_jsonl(ctx.input("mcts") / "paths.jsonl", PathRecord)
+        return [Trajectory(task_id=p.task_id, instruction=p.instruction, steps=p.steps, score=p.value,
+                           success=p.value >= 1.0, meta={"source": "mcts"}) for p in paths]
+    from tratree.explore import best_per_task
+
+    return best_per_task(read_jsonl(ctx.input("explore") / TRAJECTORIES, Trajectory))
+
+
+def sft(ctx: StageContext) -> dict[str, Any]:
+    from tratree.spec import ModelSpec
+    from tratree.train.setup import load_policy
+    from tratree.train.sft import train_sft
+
+    model_spec = ModelSpec.model_validate(ctx.stage.params["model"])
+    seed = ctx.stage.params["seed"]
+    model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), seed, model_spec.dtype)
+    trajs = _sft_data(ctx)
+    result = train_sft(model, tok, trajs, ctx.spec.environment.name, ctx.spec.training.sft, ctx.out,
+                       model_spec.lora, seed)
+    return {k: v for k, v in result.items() if k != "losses"} | {"losses": result["losses"][-20:]}
+
+
+def dpo(ctx: StageContext) -> dict[str, Any]:
+    from tratree.train.dpo import train_dpo
+    from tratree.train.models import load_causal_lm
+
+    names = list(ctx.inputs)
+    policy_dir = ctx.inputs[names[0]]
+    model, tok = load_causal_lm(str(policy_dir), trainable=True)
+    ref_model = ref_tok = None
+    if "sft-weak" in ctx.inputs:
+        ref_model, ref_tok = load_causal_lm(str(ctx.input("sft-weak")))
+    if "pairs" in ctx.stage.params:
+        from tratree.pairs import expert_pairs
+
+        expert = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
+        own = read_jsonl(ctx.input_of("strong-explore") / TRAJECTORIES, Trajectory)
+        pairs = expert_pairs(expert, own, ctx.stage.params["pairs"])
+    else:
+        pairs_dir = ctx.inputs[names[1]]
+        pairs = read_jsonl(pairs_dir / "pairs.jsonl", Pair)
+    if not pairs:
+        # Uninformative exploration: as the paper argues, DPO then leaves the initial policy as it is.
+        from tratree.train.models import save_model
+
+        save_model(model, tok, ctx.out)
+        return {"pairs": 0, "steps": 0, "note": "no preference pairs; the output is the initial policy"}
+    result = train_dpo(model, tok, pairs, ctx.spec.environment.name, ctx.spec.training.dpo, ctx.out,
+                       ref_model, ref_tok, ctx.spec.strong.lora, ctx.stage.params["seed"])
+    return {"pairs": result["pairs"], "steps": result["steps"], "losses": result["losses"][-20:],
+            "margins": result["margins"][-20:]}

@@ -1,0 +1,95 @@
+"""DPO on preference pairs (TreeDPO, random, ETO, ceiling) with TRL, scoring assistant tokens only.
+
+TRL's preference collator trains every completion token; a TreeDPO continuation holds the
+environment's observations between the agent's turns, which must not count. tratree
+tokenizes the pairs itself with per-token masks and a collator applies them, to the loss and
+to the reference log-probs alike. Reference log-probs are precomputed, so the reference model
+is freed before training starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tratree.formats import Pair
+from tratree.spec import DPOTrainingSpec, LoraSpec
+from tratree.train.data import check_same_tokenizer, dpo_example
+from tratree.train.models import save_model
+from tratree.train.setup import common_args, lora_config, loss_history, quiet
+
+
+def _trainer_classes() -> tuple[type, type]:
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    class MaskedPreferenceCollator(DataCollatorForPreference):
+        """TRL's collator with the completion mask replaced by tratree's assistant-only masks."""
+
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            out = super().torch_call(examples)
+            width = out["completion_mask"].shape[1]
+            rows = [[0] * len(e["prompt_ids"]) + e["chosen_mask"] for e in examples]
+            rows += [[0] * len(e["prompt_ids"]) + e["rejected_mask"] for e in examples]
+            mask = torch.zeros_like(out["completion_mask"])
+            for i, row in enumerate(rows):
+                row = row[: self.max_length] if self.max_length is not None else row
+                mask[i, : min(len(row), width)] = torch.tensor(row[:width], dtype=mask.dtype)
+            out["completion_mask"] = mask
+            return out
+
+    class MaskedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[override]
+            # already tokenized by tratree (dpo_example); drop pairs whose prompt fills max_length
+            if args.max_length is None:
+                return dataset
+            return dataset.filter(lambda e: len(e["prompt_ids"]) < args.max_length)
+
+    return MaskedPreferenceCollator, MaskedDPOTrainer
+
+
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    env_name: str,
+    training: DPOTrainingSpec,
+    out_dir: str | Path,
+    ref_model: Any | None = None,
+    ref_tokenizer: Any | None = None,
+    lora: LoraSpec | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``model`` on ``pairs`` against ``ref_model`` (None: the policy's own initial weights)."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import DPOConfig
+
+    if not pairs:
+        raise ValueError("DPO needs at least one preference pair")
+    if ref_model is not None:
+        check_same_tokenizer(tokenizer, ref_tokenizer if ref_tokenizer is not None else tokenizer)
+    set_seed(seed)
+    collator_cls, trainer_cls = _trainer_classes()
+    dataset = Dataset.from_list([dpo_example(tokenizer, env_name, p) for p in pairs])
+    with tempfile.TemporaryDirectory() as work:
+        args = DPOConfig(**common_args(training, work, seed), beta=training.beta, precompute_ref_log_probs=True)
+        collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=training.max_length)
+        trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                              processing_class=tokenizer, data_collator=collator, peft_config=lora_config(lora))
+        # the reference log-probs are in the dataset now: the reference model is no longer needed
+        trainer.ref_model = None
+        del ref_model
+        gc.collect()
+        quiet(trainer).train()
+        ref_logps = {"chosen": list(trainer.train_dataset["ref_chosen_logps"]),
+                     "rejected": list(trainer.train_dataset["ref_rejected_logps"])}
+    save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
+    history = [r for r in trainer.state.log_history if "loss" in r]
+    margins = [r["rewards/margins"] for r in history if "rewards/margins" in r]
+    return {"pairs": len(dataset), "steps": trainer.state.global_step, "losses": loss_history(trainer),
+            "margins": margins, "ref_logps": ref_logps}

@@ -1,0 +1,44 @@
+"""Supervised fine-tuning on trajectories (expert data, MCTS paths, best explored), assistant turns only."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tratree.formats import Trajectory
+from tratree.spec import LoraSpec, TrainingSpec
+from tratree.train.data import sft_example
+from tratree.train.models import save_model
+from tratree.train.setup import common_args, lora_config, loss_history, quiet
+
+
+def train_sft(
+    model: Any,
+    tokenizer: Any,
+    trajectories: Sequence[Trajectory],
+    env_name: str,
+    training: TrainingSpec,
+    out_dir: str | Path,
+    lora: LoraSpec | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train with TRL's SFTTrainer and save to ``out_dir``; returns the loss history and counts."""
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    if not trajectories:
+        raise ValueError("SFT needs at least one trajectory")
+    set_seed(seed)
+    dataset = Dataset.from_list([sft_example(tokenizer, env_name, t) for t in trajectories])
+    with tempfile.TemporaryDirectory() as work:
+        args = SFTConfig(**common_args(training, work, seed))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora_config(lora))
+        quiet(trainer).train()
+    save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
+    losses = loss_history(trainer)
+    return {"examples": len(dataset), "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None, "losses": losses}
