@@ -165,11 +165,24 @@ def test_per_row_sampling_applies_each_rows_settings():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
     reqs = [GenerationRequest(MESSAGES, 0.0, 0.5), GenerationRequest(MESSAGES, 1.0, 0.7),
             GenerationRequest(MESSAGES, 1.0, 1.0)]
-    out = PerRowSampling(reqs, "cpu")(None, logits.clone())
+    out = PerRowSampling(reqs, "cpu").filtered(logits.clone())
     finite = torch.isfinite(out)
     assert finite[0].tolist() == [True, False, False, False]  # greedy: the argmax only
     assert finite[1].tolist() == [True, True, False, False]  # top-p 0.7: 0.5 + 0.3 is the nucleus
     assert finite[2].all()
     assert torch.allclose(out[2].softmax(-1), logits[2].softmax(-1))
-    hot = PerRowSampling([GenerationRequest(MESSAGES, 2.0, 1.0)], "cpu")(None, logits[:1].clone())
+    hot = PerRowSampling([GenerationRequest(MESSAGES, 2.0, 1.0)], "cpu").filtered(logits[:1].clone())
     assert hot.softmax(-1)[0, 0] < 0.5  # a higher temperature flattens the distribution
+
+
+def test_per_row_draws_do_not_depend_on_the_batch():
+    import torch
+
+    from tratree.policy.transformers_backend import PerRowSampling
+
+    logits = torch.randn(1, 50)
+    alone = PerRowSampling([GenerationRequest(MESSAGES, 1.0, 0.95, 7)], "cpu")(None, logits.clone())
+    crowd = PerRowSampling([GenerationRequest(MESSAGES, 1.0, 0.95, s) for s in (3, 7, 9)], "cpu")(
+        None, logits.repeat(3, 1))
+    assert torch.equal(torch.isfinite(alone[0]), torch.isfinite(crowd[1]))
+    assert int(torch.isfinite(crowd).sum()) == 3  # one drawn token per row

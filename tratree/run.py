@@ -58,7 +58,10 @@ def stage_key(store: Store, stages: dict[str, Stage], stage: Stage) -> tuple[str
     manifests = {}
     for name in stage.inputs:
         dep = stages[name]
-        dep_key, _ = stage_key(store, stages, dep)
+        try:
+            dep_key, _ = stage_key(store, stages, dep)
+        except StageNotReady:
+            raise StageNotReady(f"stage {stage.name} needs {name}, which is not done") from None
         manifest = store.read_manifest(dep.prefix(dep_key))
         if manifest is None:
             raise StageNotReady(f"stage {stage.name} needs {name}, which is not done")

@@ -71,4 +71,8 @@ class TextWorldExpress:
         return list(self._env.getGoldActionSequence())
 
     def close(self) -> None:
-        self._env.close()
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+            # the library closes again when collected, writing to the pipe it already closed
+            env.close = lambda: None

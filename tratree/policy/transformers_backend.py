@@ -81,16 +81,25 @@ class TransformersBackend:
 
 
 class PerRowSampling(LogitsProcessor):
-    """Temperature and nucleus (top-p) filtering with settings per batch row; temperature 0 is greedy."""
+    """Temperature and nucleus (top-p) sampling with settings and a random stream per batch row.
+
+    Each row draws its token from its own generator, seeded by its request's seed and the token
+    position, and only the drawn token is left possible: an episode's reply then does not depend
+    on which other episodes share its batch, so a resumed run reproduces an uninterrupted one.
+    Temperature 0 rows are greedy.
+    """
 
     def __init__(self, requests: list[GenerationRequest], device: Any) -> None:
         import torch
 
+        self.seeds = [r.seed for r in requests]
         self.temperature = torch.tensor([r.temperature for r in requests], device=device)
         self.top_p = torch.tensor([r.top_p if r.temperature > 0 else 1.0 for r in requests], device=device)
         self.greedy = self.temperature == 0
+        self.step = 0
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def filtered(self, scores: Any) -> Any:
+        """Scores after per-row temperature and top-p (greedy rows keep only their argmax)."""
         import torch
 
         scores = scores / self.temperature.clamp(min=1e-6).unsqueeze(1).to(scores.dtype)
@@ -105,3 +114,14 @@ class PerRowSampling(LogitsProcessor):
             only_best = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
             scores = torch.where(self.greedy.unsqueeze(1), only_best, scores)
         return scores
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = self.filtered(scores.float()).softmax(dim=-1)
+        chosen = torch.empty(len(self.seeds), 1, dtype=torch.long, device=scores.device)
+        for row, seed in enumerate(self.seeds):
+            gen = torch.Generator(device=scores.device).manual_seed(seed * 100_003 + self.step)
+            chosen[row, 0] = torch.multinomial(probs[row], 1, generator=gen)
+        self.step += 1
+        return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)

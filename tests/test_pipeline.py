@@ -1,0 +1,130 @@
+"""The pipeline on one machine: caching, invalidation, resume after a crash, corruption, S3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+from tratree.artifacts import open_store
+from tratree.pipeline import plan, select
+from tratree.run import run_pipeline, run_stage
+from tratree.spec import load_experiment, parse_experiment, spec_to_manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MINI = ROOT / "tests" / "data" / "mini.yaml"
+DETERMINISTIC = ["expert", "tokenizer", "sft-weak", "explore", "trees", "pairs", "random-pairs", "mcts"]
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_experiment(MINI)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, mini):
+    """The whole miniature experiment on a file store, run once for the module."""
+    root = tmp_path_factory.mktemp("store")
+    outcomes = run_pipeline(mini.spec, f"file://{root}")
+    return root, {o.stage: o for o in outcomes}
+
+
+def statuses(outcomes):
+    return {o.stage: o.status for o in outcomes}
+
+
+def test_plan_covers_every_method_in_dependency_order(mini):
+    stages = plan(mini.spec)
+    seen = set()
+    for s in stages:
+        assert set(s.inputs) <= seen, s.name
+        seen.add(s.name)
+    names = [s.name for s in stages]
+    for method in mini.spec.methods:
+        assert f"eval-{method}-s0" in names
+    assert names[-1] == "report"
+    assert [s.name for s in select(stages, ["mcts"])] == ["expert", "tokenizer", "sft-weak", "explore", "trees", "mcts"]
+
+
+def test_full_run_reports_every_method_and_reruns_nothing(full_run, mini):
+    root, outcomes = full_run
+    assert all(o.status == "done" for o in outcomes.values())
+    report = root / outcomes["report"].manifest["prefix"]
+    results = json.loads((report / "results.json").read_text())
+    assert set(results["methods"]) == set(mini.spec.methods)
+    assert (report / "results.md").read_text().startswith("# W2SG results")
+    assert (report / "results.png").stat().st_size > 1000
+    assert list((report / "trees").glob("*.html"))
+    again = run_pipeline(mini.spec, f"file://{root}")
+    assert set(statuses(again).values()) == {"cached"}
+
+
+def test_changing_mcts_settings_reruns_only_mcts_and_what_follows(full_run, mini):
+    root, _ = full_run
+    data = spec_to_manifest(mini)
+    data["spec"]["mcts"] = {"iterations": 7, "exploration": 0.0}
+    changed = parse_experiment(data)
+    rerun = {name for name, status in statuses(run_pipeline(changed.spec, f"file://{root}")).items() if status == "done"}
+    assert "mcts" in rerun
+    assert rerun <= {"mcts", "w2s-mcts-s0", "eval-w2s-mcts-s0", "report"}
+
+
+def test_corrupted_artifact_is_detected_and_its_stage_rerun(full_run, mini):
+    root, outcomes = full_run
+    trees = root / outcomes["trees"].manifest["prefix"] / "trees.jsonl"
+    original = trees.read_bytes()
+    trees.write_bytes(original.replace(b'"visits":', b'"visits": ', 1))
+    again = statuses(run_pipeline(mini.spec, f"file://{root}", only=["mcts"]))
+    assert again["trees"] == "done" and again["explore"] == "cached"
+    assert trees.read_bytes() == original  # rebuilt to the same content
+
+
+def test_crash_mid_stage_then_resume_gives_the_same_outputs(tmp_path, full_run, mini, monkeypatch):
+    _, reference = full_run
+    import tratree.episodes as episodes
+
+    real = episodes.run_episodes
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        for traj in real(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of exploration
+            yield traj
+
+    store = f"file://{tmp_path}"
+    monkeypatch.setattr(episodes, "run_episodes", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(mini.spec, store, only=["explore"])
+    monkeypatch.setattr(episodes, "run_episodes", real)
+    explore_dir = tmp_path / reference["explore"].manifest["prefix"]
+    assert not (explore_dir / "manifest.json").exists()  # not committed
+    assert len((explore_dir / "trajectories.jsonl.partial").read_text().splitlines()) == 4
+    resumed = {o.stage: o for o in run_pipeline(mini.spec, store, only=["trees"])}
+    for name in ("expert", "sft-weak", "explore", "trees"):
+        assert resumed[name].manifest["digest"] == reference[name].manifest["digest"], name
+
+
+def test_s3_store_gives_the_same_digests(full_run, mini, s3_env):
+    _, reference = full_run
+    store = f"s3://{s3_env}/runs/mini"
+    outcomes = {o.stage: o for o in run_pipeline(mini.spec, store, only=["mcts", "pairs", "random-pairs"])}
+    for name in DETERMINISTIC:
+        assert outcomes[name].manifest["digest"] == reference[name].manifest["digest"], name
+    s3 = open_store(store)
+    manifest = json.loads(s3.read_bytes(f"{outcomes['mcts'].manifest['prefix']}/manifest.json"))
+    assert "paths.jsonl" in manifest["files"]
+    # one stage on its own, as a Job runs it: cached now
+    assert run_stage(mini.spec, "trees", store).status == "cached"
+
+
+def test_stage_command_needs_its_inputs(cli, tmp_path):
+    r = cli("stage", "trees", "--spec", str(MINI), "--artifacts", f"file://{tmp_path}")
+    assert r.returncode == 2 and "needs explore, which is not done" in r.stderr
+    r = cli("stage", "nope", "--spec", str(MINI), "--artifacts", f"file://{tmp_path}")
+    assert r.returncode == 2 and "unknown stage 'nope'" in r.stderr
+    r = cli("stage", "expert", "--spec", str(MINI), "--artifacts", f"file://{tmp_path}")
+    assert r.returncode == 0 and "expert: done" in r.stderr
