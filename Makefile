@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench crds clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+	$(BIN)/tratree run examples/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest
@@ -29,6 +29,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/tree_mcts.py
+	$(BIN)/python bench/explore.py
+	$(BIN)/python bench/train.py
+
+crds: setup
+	$(BIN)/python -m tratree.crd > crds/w2sgexperiments.tratree.io.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis demo-out
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts

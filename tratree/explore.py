@@ -19,12 +19,12 @@ def training_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None
     return tasks if limit is None else tasks[:limit]
 
 
-def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str) -> list[Episode]:
-    """M episodes per task; sample k uses grid entry k mod len(grid)."""
+def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, samples: int | None = None) -> list[Episode]:
+    """M episodes per task (``samples`` overrides M); sample k uses grid entry k mod len(grid)."""
     grid = spec.exploration.sampling
     out = []
     for task in tasks:
-        for k in range(spec.exploration.trajectories_per_task):
+        for k in range(samples or spec.exploration.trajectories_per_task):
             s = grid[k % len(grid)]
             out.append(Episode(task, s.temperature, s.top_p, episode_seed(spec.exploration.seed, task, k),
                                {"policy": policy, "sample": k}))
@@ -32,10 +32,10 @@ def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str) ->
 
 
 def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, policy: str = "sft-weak",
-            limit: int | None = None) -> list[Trajectory]:
+            limit: int | None = None, samples: int | None = None) -> list[Trajectory]:
     """Explore the training tasks and write the trajectories to ``out`` (resumable)."""
     tasks = training_tasks(spec, "train", limit)
-    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy), out, "exploring")
+    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring")
 
 
 def best_per_task(trajectories: list[Trajectory]) -> list[Trajectory]:

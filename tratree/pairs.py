@@ -128,16 +128,21 @@ def random_pairs(tree: Tree, rng: random.Random, max_pairs: int | None = None) -
 
 
 def expert_pairs(expert: list[Trajectory], explored: list[Trajectory], mode: Literal["eto", "ceiling"]) -> list[Pair]:
-    """Whole-trajectory pairs of each task's expert run against the model's own explorations.
+    """Whole-trajectory pairs of each task's expert run against the model's own exploration.
 
-    ``eto`` (Song et al., 2024): whichever of the two scored higher is chosen; ties give no pair.
+    As in ETO (Song et al., 2024), one own trajectory per task (its first) meets the expert's.
+    ``eto``: whichever of the two scored higher is chosen; ties give no pair.
     ``ceiling``: the expert trajectory is always chosen (identical trajectories excepted).
     """
     gold = {t.task_id: t for t in expert}
     out = []
+    seen: set[str] = set()
     for own in explored:
         ref = gold.get(own.task_id)
-        if ref is None or [s.action for s in own.steps] == [s.action for s in ref.steps]:
+        if ref is None or own.task_id in seen:
+            continue
+        seen.add(own.task_id)
+        if [s.action for s in own.steps] == [s.action for s in ref.steps]:
             continue
         if mode == "ceiling":
             good, bad = ref, own

@@ -77,7 +77,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
 
     def sft(name: str, data: str, seed: int, data_stage: str) -> str:
         return add(name, "sft", "sft", (data_stage, *tok), True, model=_dump(spec.strong), data=data, seed=seed,
-                   training=_dump(spec.training.sft), env=spec.environment.name)
+                   training=_dump(spec.strong.sft or spec.training.sft), env=spec.environment.name)
 
     def evaluate(method: str, model_stage: str, seed: int, best_of: int | None = None) -> None:
         add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage,), True, env=env, policy=policy,
@@ -89,10 +89,10 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     needs_weak = bool(methods & {"sft-weak", *W2SG_METHODS})
     if needs_weak:
         add("sft-weak", "sft", "sft", ("expert", *tok), True, model=_dump(spec.weak), data="expert", seed=0,
-            training=_dump(spec.training.sft), env=spec.environment.name)
+            training=_dump(spec.weak.sft or spec.training.sft), env=spec.environment.name)
     if methods & set(W2SG_METHODS):
         add("explore", "explore", "explore", ("sft-weak",), True, env=env, policy=policy,
-            exploration=_dump(spec.exploration), policy_name="sft-weak")
+            exploration=_dump(spec.exploration), policy_name="sft-weak", samples=spec.exploration.trajectories_per_task)
         add("trees", "trees", "trees", ("explore",), tree=_dump(spec.tree))
     if "w2s-treedpo" in methods:
         add("pairs", "pairs", "trees", ("trees",), mode="tree", treeDpo=_dump(spec.tree_dpo))
@@ -122,8 +122,9 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
                                lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name)
                     evaluate(method, name, seed)
         if methods & {"eto", "ceiling"}:
+            # ETO pairs one own trajectory per task with the expert's
             own = add(f"strong-explore-s{seed}", "explore", "explore", (base,), True, env=env, policy=policy,
-                      exploration=_dump(spec.exploration), policy_name=f"sft-strong-s{seed}")
+                      exploration=_dump(spec.exploration), policy_name=f"sft-strong-s{seed}", samples=1)
             for method in ("eto", "ceiling"):
                 if method in methods:
                     name = add(f"{method}-s{seed}", "dpo", "dpo", (base, own, "expert"), True, training=dpo,

@@ -121,16 +121,11 @@ class LoraSpec(SpecModel):
     r: int = Field(64, ge=1, le=4096)
     alpha: int = Field(128, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1,
+        description="Module names to adapt; ['all-linear'] adapts every linear layer but the output head.",
+    )
     merge: bool = Field(True, description="Merge the adapter into the weights when saving.")
-
-
-class ModelSpec(SpecModel):
-    """A model: Hugging Face id, local directory, s3:// URI, or tiny:<preset>."""
-
-    model: str = Field(min_length=1)
-    lora: LoraSpec | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class TrainingSpec(SpecModel):
@@ -158,6 +153,17 @@ class DPOTrainingSpec(TrainingSpec):
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     beta: float = Field(0.1, gt=0)
+
+
+class ModelSpec(SpecModel):
+    """A model: Hugging Face id, local directory, s3:// URI, or tiny:<preset>."""
+
+    model: str = Field(min_length=1)
+    lora: LoraSpec | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    sft: TrainingSpec | None = Field(
+        None, description="SFT settings of this model, replacing training.sft (e.g. a tiny model from scratch)."
+    )
 
 
 class TrainingSettings(SpecModel):

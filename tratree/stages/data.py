@@ -25,7 +25,8 @@ def explore(ctx: StageContext) -> dict[str, Any]:
 
     (model_dir,) = ctx.inputs.values()
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, ctx.stage.params["policy_name"])
+    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, ctx.stage.params["policy_name"],
+                samples=ctx.stage.params["samples"])
     return {"trajectories": len(trajs), "successes": sum(t.success for t in trajs),
             "mean_score": sum(t.score for t in trajs) / max(1, len(trajs))}
 

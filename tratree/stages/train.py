@@ -40,7 +40,7 @@ def _sft_data(ctx: StageContext) -> list[Trajectory]:
 
 
 def sft(ctx: StageContext) -> dict[str, Any]:
-    from tratree.spec import ModelSpec
+    from tratree.spec import ModelSpec, TrainingSpec
     from tratree.train.setup import load_policy
     from tratree.train.sft import train_sft
 
@@ -48,8 +48,8 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     seed = ctx.stage.params["seed"]
     model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), seed, model_spec.dtype)
     trajs = _sft_data(ctx)
-    result = train_sft(model, tok, trajs, ctx.spec.environment.name, ctx.spec.training.sft, ctx.out,
-                       model_spec.lora, seed)
+    training = TrainingSpec.model_validate(ctx.stage.params["training"])
+    result = train_sft(model, tok, trajs, ctx.spec.environment.name, training, ctx.out, model_spec.lora, seed)
     return {k: v for k, v in result.items() if k != "losses"} | {"losses": result["losses"][-20:]}
 
 

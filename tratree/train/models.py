@@ -12,6 +12,24 @@ from typing import Any
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
+# For base models without a chat template (Llama-2-7b-hf, the paper's): plain turns, each reply
+# closed by the end-of-sequence token, so replies end where generation stops.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ 'Human: ' + message['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """Give a tokenizer without a chat template the plain one; others are left as they are."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
 def _quiet() -> None:
     # tratree shows its own progress; transformers' per-shard bars would interleave with it
     from transformers.utils import logging
@@ -56,7 +74,7 @@ def load_causal_lm(ref: str, dtype: str = "auto", trainable: bool = False) -> tu
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
     tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists() else base or path)
-    return model, tokenizer
+    return model, ensure_chat_template(tokenizer)
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool = True) -> Path:

@@ -36,7 +36,7 @@ def lora_config(lora: LoraSpec | None) -> Any:
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules="all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules,
         task_type="CAUSAL_LM",
     )
 
