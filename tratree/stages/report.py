@@ -50,7 +50,8 @@ def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str
     for method, row in table.items():
         if method in W2SG or method in ("best-of-n", "eto", "ceiling"):
             row["p_value_vs_sft_strong"] = _ttest(row["average_reward"]["values"], base) if base else None
-        if weak is not None and ceiling is not None and ceiling != weak and method != "sft-weak":
+        # the gap is only a gap when the ceiling beats the weak model
+        if weak is not None and ceiling is not None and ceiling > weak and method != "sft-weak":
             row["gap_recovered"] = (row["average_reward"]["mean"] - weak) / (ceiling - weak)
     return table
 

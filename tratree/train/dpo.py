@@ -65,6 +65,7 @@ def train_dpo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train ``model`` on ``pairs`` against ``ref_model`` (None: the policy's own initial weights)."""
+    import datasets
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOConfig
@@ -74,6 +75,7 @@ def train_dpo(
     if ref_model is not None:
         check_same_tokenizer(tokenizer, ref_tokenizer if ref_tokenizer is not None else tokenizer)
     set_seed(seed)
+    datasets.disable_progress_bars()  # per-map bars for a few dozen examples are noise
     collator_cls, trainer_cls = _trainer_classes()
     dataset = Dataset.from_list([dpo_example(tokenizer, env_name, p) for p in pairs])
     with tempfile.TemporaryDirectory() as work:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from tratree.spec import LoraSpec, TrainingSpec
 from tratree.train import tiny
 from tratree.train.models import load_causal_lm
+
+# tratree passes gradient_checkpointing=False explicitly (TRL 1.16 on CPU needs it); transformers 5
+# warns that the name is deprecated on every stage, which says nothing to the person watching.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def world_size() -> int:
@@ -69,6 +74,7 @@ def common_args(training: TrainingSpec, out_dir: str | Path, seed: int) -> dict[
         "logging_steps": 1,
         "disable_tqdm": not sys.stderr.isatty(),
         "remove_unused_columns": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 

@@ -25,6 +25,7 @@ def train_sft(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train with TRL's SFTTrainer and save to ``out_dir``; returns the loss history and counts."""
+    import datasets
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -32,6 +33,7 @@ def train_sft(
     if not trajectories:
         raise ValueError("SFT needs at least one trajectory")
     set_seed(seed)
+    datasets.disable_progress_bars()  # per-map bars for a few dozen examples are noise
     dataset = Dataset.from_list([sft_example(tokenizer, env_name, t) for t in trajectories])
     with tempfile.TemporaryDirectory() as work:
         args = SFTConfig(**common_args(training, work, seed))
