@@ -131,7 +131,8 @@ def test_validate(cli):
     r = cli("validate", "examples/quickstart.yaml")
     assert r.returncode == 0 and "valid W2SGExperiment 'quickstart'" in r.stdout
     r = cli("validate", "examples/quickstart.yaml", "--print")
-    assert "apiVersion: tratree.io/v1alpha1" in r.stdout and "bestOfN: 4" in r.stdout
+    # every default is written out (the cosine schedule and the seeds are not in the file)
+    assert "apiVersion: tratree.io/v1alpha1" in r.stdout and "lrScheduler: cosine" in r.stdout and "seed: 0" in r.stdout
 
 
 def test_tree_commands_never_import_torch(tmp_path, traj_file):
