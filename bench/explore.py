@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tratree.envs import env_factory, env_pool, make_env
-from tratree.explore import exploration_episodes, training_tasks
+from tratree.explore import exploration_episodes, split_tasks
 from tratree.policy.prompts import PROMPTS
 from tratree.policy.transformers_backend import TransformersBackend
 from tratree.rollout import run_episodes
@@ -52,7 +52,7 @@ def exploration(batch: int, model_dir: str, tasks: int = 24, samples: int = 4) -
                              "policy": {"batchSize": batch, "maxNewTokens": 24},
                              "exploration": {"trajectoriesPerTask": samples}}).spec
     backend = TransformersBackend.from_pretrained(model_dir, 24, batch)
-    episodes = exploration_episodes(spec, training_tasks(spec, "train", tasks), "bench")
+    episodes = exploration_episodes(spec, split_tasks(spec, "train", tasks), "bench")
     with env_pool(env_factory(spec.environment)) as pool:
         pool.prestart(batch)  # JVM start-up is paid once per run, not per episode: keep it out
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from statistics import mean
 from typing import Any
 
 from tratree.episodes import episode_seed, run_to_file
-from tratree.explore import training_tasks
+from tratree.explore import split_tasks
 from tratree.formats import Trajectory
 from tratree.policy.base import Backend
 from tratree.rollout import Episode
@@ -50,7 +50,7 @@ def evaluate(spec: ExperimentSpec, backend: Backend, trajectories_out: str | Pat
              limit: int | None = None, best_of: int | None = None) -> dict[str, Any]:
     """Run the held-out episodes (resumable) and return the metrics."""
     split = split or spec.environment.test_split
-    tasks = training_tasks(spec, split, limit)
+    tasks = split_tasks(spec, split, limit)
     trajs = run_to_file(spec, backend, evaluation_episodes(spec, tasks, best_of), trajectories_out,
                         f"evaluating ({split})")
     return metrics(trajs, split, best_of)

@@ -12,7 +12,7 @@ from tratree.rollout import Episode
 from tratree.spec import ExperimentSpec
 
 
-def training_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[str]:
+def split_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[str]:
     """The spec's tasks of a split, capped by the spec and then by ``limit``."""
     with env_pool(env_factory(spec.environment)) as pool:
         tasks = task_ids(pool.acquire(), spec.environment, split)  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, sa
 def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, policy: str = "sft-weak",
             limit: int | None = None, samples: int | None = None) -> list[Trajectory]:
     """Explore the training tasks and write the trajectories to ``out`` (resumable)."""
-    tasks = training_tasks(spec, "train", limit)
+    tasks = split_tasks(spec, "train", limit)
     return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring")
 
 

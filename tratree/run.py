@@ -140,20 +140,17 @@ def run_pipeline(
     """Run the graph in dependency order; ``only`` runs those stages and what they need."""
     stages = plan(spec)
     if only:
-        stages = select(stages, only)
-    by_name = {s.name: s for s in plan(spec)}
+        stages = select(stages, only)  # with everything they need, so every input runs first
     store = open_store(store_uri or spec.artifacts)
     outcomes: list[StageOutcome] = []
-    digests: dict[str, dict[str, Any]] = {}
+    manifests: dict[str, dict[str, Any]] = {}
     for i, stage in enumerate(stages):
-        inputs = {n: digests[n] for n in stage.inputs if n in digests}
-        if len(inputs) != len(stage.inputs):
-            _, inputs = stage_key(store, by_name, stage)
+        inputs = {n: manifests[n] for n in stage.inputs}
         key = cache_key(stage, {n: m["digest"] for n, m in inputs.items()})
         if on_event:
             on_event("start", stage, None, i, len(stages))
         outcome = execute(store, spec, stage, key, inputs)
-        digests[stage.name] = outcome.manifest
+        manifests[stage.name] = outcome.manifest
         outcomes.append(outcome)
         if on_event:
             on_event("end", stage, outcome, i, len(stages))
