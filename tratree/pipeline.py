@@ -58,6 +58,23 @@ def cache_key(stage: Stage, input_digests: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def fingerprints(stages: list[Stage]) -> dict[str, str]:
+    """A key per stage from the spec alone: its params, its inputs' fingerprints and the code version.
+
+    Unlike the cache key it needs no input digests, so it is known before anything runs. The
+    operator names Jobs by it and re-runs a stage when a spec edit changes it.
+    """
+    out: dict[str, str] = {}
+    for stage in stages:
+        blob = json.dumps(
+            {"action": stage.action, "params": stage.params, "inputs": {n: out[n] for n in stage.inputs},
+             "code": code_version()},
+            sort_keys=True,
+        )
+        out[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return out
+
+
 def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True) if model is not None else None
 

@@ -53,20 +53,34 @@ def _done(store: Store, stage: Stage, key: str) -> dict[str, Any] | None:
     return manifest
 
 
+def done_manifests(
+    store: Store, stages: list[Stage], read: Callable[[str], dict[str, Any] | None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The manifest of every stage that is done in the store, for stages in plan order.
+
+    A stage's cache key is known once its inputs are done, so the walk follows the graph;
+    ``read`` replaces ``store.read_manifest`` (a cache, say). StoreError when the store cannot be read.
+    """
+    read = read or store.read_manifest
+    done: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        if all(n in done for n in stage.inputs):
+            key = cache_key(stage, {n: done[n]["digest"] for n in stage.inputs})
+            manifest = read(stage.prefix(key))
+            if manifest is not None:
+                done[stage.name] = manifest
+    return done
+
+
 def stage_key(store: Store, stages: dict[str, Stage], stage: Stage) -> tuple[str, dict[str, dict[str, Any]]]:
     """(cache key, input manifests) of a stage whose inputs are done; StageNotReady otherwise."""
-    manifests = {}
-    for name in stage.inputs:
-        dep = stages[name]
-        try:
-            dep_key, _ = stage_key(store, stages, dep)
-        except StageNotReady:
-            raise StageNotReady(f"stage {stage.name} needs {name}, which is not done") from None
-        manifest = store.read_manifest(dep.prefix(dep_key))
-        if manifest is None:
-            raise StageNotReady(f"stage {stage.name} needs {name}, which is not done")
-        manifests[name] = manifest
-    return cache_key(stage, {n: m["digest"] for n, m in manifests.items()}), manifests
+    order = select(list(stages.values()), [stage.name])
+    done = done_manifests(store, order)
+    missing = [n for n in stage.inputs if n not in done]
+    if missing:
+        raise StageNotReady(f"stage {stage.name} needs {missing[0]}, which is not done")
+    inputs = {n: done[n] for n in stage.inputs}
+    return cache_key(stage, {n: m["digest"] for n, m in inputs.items()}), inputs
 
 
 def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]]) -> StageOutcome:

@@ -278,7 +278,8 @@ class StageResources(SpecModel):
     gpus: int | None = Field(None, ge=0, le=64)
     cpu: Quantity = None
     memory: Quantity = None
-    retries: int = Field(1, ge=0, le=20, description="New attempts after a failed Job.")
+    retries: int = Field(1, ge=0, le=20, description="New Jobs after a failed one, with the operator's backoff.")
+    backoff_limit: int = Field(0, ge=0, le=20, description="Pod restarts inside one Job (the Job's backoffLimit).")
     active_deadline_seconds: int | None = Field(None, ge=1)
 
 

@@ -1,0 +1,85 @@
+"""Benchmark of the operator: many experiments applied at once against the emulated apiserver.
+
+    python bench/operator.py [--experiments 100]
+
+Each experiment is the miniature all-methods graph (25 stages, so 25 Jobs); the test kubelet
+marks every Job succeeded as soon as it appears. Reported: time from applying them all to all
+Succeeded, API requests per experiment (everything the operator sent, watches included), and
+the operator process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster.harness import cluster  # noqa: E402
+from tests.cluster.kubelet import Kubelet, always  # noqa: E402
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(count: int) -> dict[str, float]:
+    base = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        base["spec"]["artifacts"] = f"file://{tmp}/store"
+        async with cluster(Path(tmp), config={"resyncSeconds": 30}) as c, Kubelet(c.api, always("succeed"), poll=0.01):
+            await asyncio.sleep(3)  # the operator is up and watching
+            before = len(c.api._requests)
+            t0 = time.monotonic()
+            for i in range(count):
+                m = copy.deepcopy(base)
+                m["metadata"]["name"] = f"exp-{i:03d}"
+                await c.apply(m)
+            names = [f"exp-{i:03d}" for i in range(count)]
+            await c.wait(lambda: all(c.status(n).get("phase") == "Succeeded" for n in names), 1800,
+                         "every experiment to succeed")
+            elapsed = time.monotonic() - t0
+            requests = c.api._requests[before:]
+            operator_requests = [r for r in requests if r.resource is not None and
+                                 r.headers.get("User-Agent", "").lower().find("kmock") < 0]
+            by_verb = collections.Counter(str(r.action.value if r.action else r.method).lower()
+                                          for r in operator_requests)
+            rss = peak_rss_mib(c.operator.pid)
+            jobs = len(c.jobs())
+    return {"experiments": count, "jobs": jobs, "seconds": elapsed, "requests": len(operator_requests),
+            "by_verb": dict(by_verb), "rss": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", type=int, default=100)
+    args = parser.parse_args()
+    r = asyncio.run(run(args.experiments))
+    table = Table(title=f"operator: {r['experiments']} experiments × 25 stages, instant-success Jobs")
+    for col in ("experiments", "Jobs", "time to all Succeeded", "Jobs/s", "API requests / experiment",
+                "operator peak RSS"):
+        table.add_column(col, justify="right")
+    table.add_row(str(r["experiments"]), str(r["jobs"]), f"{r['seconds']:.1f} s", f"{r['jobs'] / r['seconds']:.1f}",
+                  f"{r['requests'] / r['experiments']:.1f}", f"{r['rss']:.0f} MiB")
+    console = Console()
+    console.print(table)
+    verbs = ", ".join(f"{k} {v / r['experiments']:.1f}" for k, v in sorted(r["by_verb"].items()))
+    console.print(f"requests per experiment by verb: {verbs}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The tratree Kubernetes operator: W2SGExperiment resources run as one Job per stage."""

@@ -1,0 +1,98 @@
+"""The operator's own settings: default stage images and resources, secrets, retry backoff.
+
+They come from a YAML file (the Helm chart mounts one from its ConfigMap) named by
+``TRATREE_OPERATOR_CONFIG``; every field has a default, so a bare ``python -m tratree_operator``
+runs. An experiment's ``spec.kubernetes`` overrides them per experiment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from tratree.spec import StageKind, StageResources, Toleration
+
+# Which image runs which kind of stage: tree work and reports need no GPU stack.
+IMAGE_OF_KIND: dict[StageKind, str] = {
+    "expert": "cpu",
+    "trees": "cpu",
+    "report": "cpu",
+    "sft": "trainer",
+    "dpo": "trainer",
+    "explore": "explorer",
+    "evaluate": "explorer",
+}
+
+
+class ConfigError(ValueError):
+    """The operator's configuration file is missing or invalid."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Images(Settings):
+    cpu: str = "ghcr.io/tratree/tratree-cpu:0.1.0"
+    trainer: str = "ghcr.io/tratree/tratree-trainer:0.1.0"
+    explorer: str = "ghcr.io/tratree/tratree-explorer:0.1.0"
+    pull_policy: str = "IfNotPresent"
+
+
+def _default_resources() -> dict[StageKind, StageResources]:
+    cpu = StageResources(cpu="1", memory="4Gi", gpus=0)
+    gpu = StageResources(cpu="8", memory="64Gi", gpus=1)
+    return {"expert": cpu, "trees": cpu, "report": cpu, "sft": gpu, "dpo": gpu, "explore": gpu, "evaluate": gpu}
+
+
+class OperatorConfig(Settings):
+    """Defaults for every experiment the operator runs."""
+
+    images: Images = Field(default_factory=Images)
+    resources: dict[StageKind, StageResources] = Field(default_factory=_default_resources)
+    s3_secret: str | None = Field(None, description="Secret with AWS_* variables, when the spec names none.")
+    hf_token_secret: str | None = None
+    service_account: str | None = Field(None, description="Service account of the stage Pods.")
+    queue_name: str | None = None
+    priority_class_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpu_resource: str = "nvidia.com/gpu"
+    retry_backoff_seconds: float = Field(10.0, gt=0, description="First wait before a new attempt; doubles.")
+    retry_backoff_max_seconds: float = Field(300.0, gt=0)
+    resync_seconds: float = Field(60.0, gt=0, description="Re-read unfinished experiments at least this often.")
+    run_as_user: int = 1000
+
+    def resources_for(self, kind: StageKind, override: StageResources | None) -> StageResources:
+        """The stage kind's resources: the spec's fields where set, the operator's otherwise."""
+        base = self.resources.get(kind, StageResources())
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_unset=True))
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait before the attempt after ``failures`` failed ones."""
+        return min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2 ** max(0, failures - 1))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> OperatorConfig:
+    """The configuration from ``path`` or ``$TRATREE_OPERATOR_CONFIG``; defaults when neither is set."""
+    path = path or os.environ.get("TRATREE_OPERATOR_CONFIG")
+    if not path:
+        return OperatorConfig()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return OperatorConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {loc}: {first['msg']}") from None

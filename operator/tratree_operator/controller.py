@@ -1,0 +1,214 @@
+"""Reads an experiment's world, asks the reconciler, applies its decision; one experiment at a time.
+
+Handlers only ``wake`` an experiment. Each experiment has one worker, so two Job events never
+reconcile it concurrently; a wake during a reconcile runs it once more afterwards. Errors are
+logged, counted and retried with backoff; a 409 on the status (someone wrote in between) is
+simply read and decided again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tratree.artifacts import S3Store, Store, StoreError, open_store
+from tratree.pipeline import plan
+from tratree.run import done_manifests
+from tratree.spec import API_VERSION, KIND, SpecError, parse_experiment
+from tratree_operator import metrics
+from tratree_operator.config import OperatorConfig
+from tratree_operator.kube import Conflict, Kube
+from tratree_operator.reconcile import Decision, Observed, merge_patch, parse_time, reconcile
+
+log = logging.getLogger("tratree_operator")
+Key = tuple[str, str]  # namespace, name
+
+
+class StoreReader:
+    """The store's view for the reconciler: done stages' manifests and the report's results.
+
+    Manifests are content-addressed and never change once written, so found ones are kept;
+    S3 calls get short timeouts, so an unreachable store costs seconds, not minutes.
+    """
+
+    def __init__(self) -> None:
+        self._manifests: dict[str, dict[str, Any]] = {}
+        self._results: dict[str, dict[str, Any]] = {}
+        self._s3: Any = None
+
+    def _store(self, uri: str) -> Store:
+        if uri.startswith("s3://"):
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+
+                self._s3 = boto3.client("s3", config=Config(connect_timeout=3, read_timeout=10,
+                                                            retries={"max_attempts": 2}))
+            return S3Store(uri, client=self._s3)
+        return open_store(uri)
+
+    def read(self, body: dict[str, Any]) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None]:
+        """(manifests by stage, results) of the experiment; (None, None) when the store cannot be read."""
+        try:
+            exp = parse_experiment({"apiVersion": API_VERSION, "kind": KIND,
+                                    "metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
+        except SpecError:
+            return {}, None
+        uri = exp.spec.artifacts
+        try:
+            store = self._store(uri)
+
+            def cached(prefix: str) -> dict[str, Any] | None:
+                url = store.url(prefix)
+                if url not in self._manifests:
+                    manifest = store.read_manifest(prefix)
+                    if manifest is None:
+                        return None
+                    self._manifests[url] = manifest
+                return self._manifests[url]
+
+            manifests = done_manifests(store, plan(exp.spec), read=cached)
+            results = None
+            report = manifests.get("report")
+            if report is not None:
+                url = store.url(f"{report['prefix']}/results.json")
+                if url not in self._results:
+                    data = store.read_bytes(f"{report['prefix']}/results.json")
+                    if data is not None:
+                        self._results[url] = json.loads(data)
+                results = self._results.get(url)
+            return manifests, results
+        except (StoreError, ValueError) as err:
+            log.warning("store %s cannot be read: %s", uri, err)
+            return None, None
+
+
+@dataclass
+class _Slot:
+    due: float | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    errors: int = 0
+
+
+class Controller:
+    """The operator's work queue and the read-decide-apply step."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, concurrency: int = 8) -> None:
+        self.kube = kube
+        self.config = config
+        self.store = StoreReader()
+        self.phases = metrics.PhaseBook()
+        self._slots: dict[Key, _Slot] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+
+    def wake(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        """Reconcile the experiment after ``delay`` seconds (sooner if already due sooner)."""
+        key = (namespace, name)
+        slot = self._slots.setdefault(key, _Slot())
+        due = time.monotonic() + delay
+        if slot.due is None or due < slot.due:
+            slot.due = due
+            slot.changed.set()
+        if slot.task is None or slot.task.done():
+            slot.task = asyncio.create_task(self._worker(key, slot), name=f"reconcile {namespace}/{name}")
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The experiment is gone: stop its worker and drop it from the metrics."""
+        slot = self._slots.pop((namespace, name), None)
+        if slot is not None and slot.task is not None and slot.task is not asyncio.current_task():
+            slot.task.cancel()
+        self.phases.set((namespace, name), None)
+
+    async def stop(self) -> None:
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _worker(self, key: Key, slot: _Slot) -> None:
+        while slot.due is not None:
+            wait = slot.due - time.monotonic()
+            if wait > 0:
+                slot.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(slot.changed.wait(), wait)
+                continue
+            slot.due = None
+            async with self._limit:
+                requeue = await self._reconcile_safely(key, slot)
+            if requeue is not None and self._slots.get(key) is slot:
+                due = time.monotonic() + requeue
+                if slot.due is None or due < slot.due:
+                    slot.due = due
+
+    async def _reconcile_safely(self, key: Key, slot: _Slot) -> float | None:
+        started = time.monotonic()
+        try:
+            requeue = await self.reconcile_once(*key)
+            slot.errors = 0
+            return requeue
+        except Conflict:
+            return 0.05
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            slot.errors += 1
+            metrics.RECONCILE_ERRORS.inc()
+            delay = min(60.0, 0.5 * 2 ** slot.errors)
+            log.exception("reconciling %s/%s failed; again in %.1fs", *key, delay)
+            return delay
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    async def reconcile_once(self, namespace: str, name: str) -> float | None:
+        """Read the experiment, its Jobs and the store; apply what ``reconcile`` decides."""
+        body = await self.kube.get_experiment(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return None
+        jobs = await self.kube.list_jobs(namespace, name)
+        manifests, results = await asyncio.to_thread(self.store.read, body)
+        decision = reconcile(Observed(body, jobs, manifests, results), self.config)
+        await self.apply(body, decision)
+        return decision.requeue_after
+
+    async def apply(self, body: dict[str, Any], decision: Decision) -> None:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for manifest in decision.create:
+            if manifest["kind"] == "ConfigMap":
+                await self.kube.apply_configmap(manifest)
+            elif await self.kube.create(manifest):
+                metrics.JOBS_CREATED.inc()
+                log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])
+        for job in decision.delete:
+            await self.kube.delete_job(ns, job)
+            log.info("%s/%s: deleted Job %s (no longer in the plan)", ns, name, job)
+        old = body.get("status") or {}
+        patch = merge_patch(old, decision.status)
+        if patch:
+            await self.kube.patch_status(ns, name, meta["resourceVersion"], patch)
+        self.phases.set((ns, name), decision.status.get("phase"))
+        self._observe(old, decision.status)
+        for event in decision.events:
+            if event.reason in ("StageAttemptFailed", "StageFailed"):
+                metrics.JOB_FAILURES.labels(event.stage).inc()
+            await self.kube.post_event(body, event)
+
+    @staticmethod
+    def _observe(old: dict[str, Any], new: dict[str, Any]) -> None:
+        before = old.get("stages") or {}
+        for stage, entry in (new.get("stages") or {}).items():
+            prev = before.get(stage) or {}
+            same = prev.get("key") == entry.get("key")
+            if entry["state"] == "Succeeded" and not (same and prev.get("state") == "Succeeded"):
+                start, end = parse_time(entry.get("startTime")), parse_time(entry.get("finishTime"))
+                if start and end:
+                    metrics.STAGE_SECONDS.labels(stage).observe(max(0.0, (end - start).total_seconds()))
+

@@ -1,0 +1,73 @@
+"""The kopf handlers: each one only wakes the experiment's reconcile.
+
+Run with ``python -m tratree_operator`` (production settings, see ``__main__``) or
+``kopf run -m tratree_operator.handlers --all-namespaces``. kopf keeps its own bookkeeping in
+annotations under ``tratree.io/``, never in ``.status``, whose schema is the operator's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from tratree.crd import PLURAL, VERSION
+from tratree.spec import API_GROUP
+from tratree_operator import metrics
+from tratree_operator.config import load_config
+from tratree_operator.controller import Controller
+from tratree_operator.jobs import LABEL_EXPERIMENT
+from tratree_operator.kube import Kube, load_client_config
+
+EXPERIMENTS = (API_GROUP, VERSION, PLURAL)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Settings for long runs on a shared cluster."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
+    # the apiserver ends watches itself; the client side gives up a little later
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    # the operator posts its own Events; kopf's per-handler log Events would only add noise
+    settings.posting.enabled = False
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    if getattr(memo, "controller", None) is None:
+        load_client_config()
+        memo.controller = Controller(Kube(), load_config())
+        metrics.serve(int(getattr(memo, "metrics_port", 9090)))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.controller.stop()
+
+
+# distinct ids: kopf records handler progress by id, and one id for three causes would
+# mark the update handled by the create
+@kopf.on.resume(*EXPERIMENTS, id="resume")
+@kopf.on.create(*EXPERIMENTS, id="create")
+@kopf.on.update(*EXPERIMENTS, id="update")
+async def experiment_changed(name: str, namespace: str, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    logging.getLogger("tratree_operator").debug("%s/%s: %s", namespace, name, reason)
+    memo.controller.wake(namespace, name)
+
+
+@kopf.on.delete(*EXPERIMENTS, optional=True)
+async def experiment_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # optional: no finalizer; its Jobs and ConfigMap go by owner references
+    memo.controller.forget(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_EXPERIMENT: kopf.PRESENT})
+async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.wake(namespace, labels[LABEL_EXPERIMENT])

@@ -1,0 +1,166 @@
+"""The Kubernetes objects the operator makes for an experiment: its spec ConfigMap and stage Jobs.
+
+Names are deterministic: the same experiment, stage, plan key and attempt always give the same
+Job name, so a restarted operator finds the Job it made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import yaml
+
+from tratree.pipeline import Stage
+from tratree.spec import API_VERSION, KIND, ExperimentSpec
+from tratree_operator.config import IMAGE_OF_KIND, OperatorConfig
+
+GROUP = "tratree.io"
+LABEL_EXPERIMENT = f"{GROUP}/experiment"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+ANNOTATION_KEY = f"{GROUP}/plan-key"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+SPEC_FILE = "experiment.yaml"
+SPEC_DIR = "/spec"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tratree-operator"}
+
+
+def _name(*parts: str, limit: int = 63) -> str:
+    """A DNS-1123 name from parts, shortened with a digest when it would be too long."""
+    full = "-".join(parts)
+    clean = re.sub(r"[^a-z0-9-]", "-", full.lower()).strip("-")
+    if len(clean) <= limit:
+        return clean
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{clean[: limit - 9].rstrip('-')}-{digest}"
+
+
+def configmap_name(experiment: str) -> str:
+    return _name(experiment, "spec")
+
+
+def job_name(experiment: str, stage: str, key: str, attempt: int) -> str:
+    """``<experiment>-<stage>-<8 hex>``: the hex covers the plan key and attempt number."""
+    digest = hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:8]
+    return f"{_name(experiment, stage, limit=54)}-{digest}"
+
+
+def owner_reference(meta: dict[str, Any]) -> dict[str, Any]:
+    """Makes the experiment the owner: deleting it deletes what carries this reference."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def spec_text(spec: ExperimentSpec) -> str:
+    """The spec as the Jobs read it: a bare spec file, defaults filled in."""
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def configmap_manifest(meta: dict[str, Any], spec: ExperimentSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {LABEL_EXPERIMENT: meta["name"], **MANAGED_BY},
+            "ownerReferences": [owner_reference(meta)],
+        },
+        "data": {SPEC_FILE: spec_text(spec)},
+    }
+
+
+def _secret_env(secret: str | None, hf_secret: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    env_from = [{"secretRef": {"name": secret}}] if secret else []
+    env = []
+    if hf_secret:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": "HF_TOKEN"}}})
+    return env_from, env
+
+
+def job_manifest(
+    meta: dict[str, Any], spec: ExperimentSpec, stage: Stage, key: str, attempt: int, config: OperatorConfig
+) -> dict[str, Any]:
+    """The Job that runs ``tratree stage NAME`` for one attempt of one stage."""
+    k8s = spec.kubernetes
+    res = config.resources_for(stage.kind, k8s.stages.get(stage.kind))
+    image = res.image or getattr(config.images, IMAGE_OF_KIND[stage.kind])
+    name = job_name(meta["name"], stage.name, key, attempt)
+    labels = {LABEL_EXPERIMENT: meta["name"], LABEL_STAGE: stage.name, LABEL_ATTEMPT: str(attempt), **MANAGED_BY}
+    queue = k8s.queue_name or config.queue_name
+    if queue:
+        labels[KUEUE_QUEUE] = queue
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus:
+        requests[config.gpu_resource] = limits[config.gpu_resource] = str(res.gpus)
+    env_from, env = _secret_env(k8s.s3_secret or config.s3_secret, k8s.hf_token_secret or config.hf_token_secret)
+    env += [
+        {"name": "TRATREE_WORK", "value": "/work"},
+        {"name": "HOME", "value": "/work"},
+        {"name": "HF_HOME", "value": "/work/hf"},
+    ]
+    container: dict[str, Any] = {
+        "name": "stage",
+        "image": image,
+        "imagePullPolicy": config.images.pull_policy,
+        "command": ["tratree", "stage", stage.name, "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--artifacts", spec.artifacts],
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+                         {"name": "work", "mountPath": "/work"},
+                         {"name": "shm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": config.run_as_user, "fsGroup": config.run_as_user,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": configmap_name(meta["name"])}},
+            {"name": "work", "emptyDir": {}},
+            # NCCL and dataloader workers need more shared memory than the default 64 MiB
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    account = k8s.service_account or config.service_account
+    if account:
+        pod["serviceAccountName"] = account
+    priority = k8s.priority_class_name or config.priority_class_name
+    if priority:
+        pod["priorityClassName"] = priority
+    selector = {**config.node_selector, **k8s.node_selector}
+    if selector:
+        pod["nodeSelector"] = selector
+    tolerations = [*config.tolerations, *k8s.tolerations]
+    if tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": res.backoff_limit,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if res.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
+    if k8s.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = k8s.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANNOTATION_KEY: key},
+            "ownerReferences": [owner_reference(meta)],
+        },
+        "spec": job_spec,
+    }

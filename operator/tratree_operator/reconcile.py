@@ -1,0 +1,409 @@
+"""Every decision the operator makes, as one pure function.
+
+``reconcile(observed, config)`` takes what the cluster and the store say now (the experiment
+with its spec and status, the Jobs labelled with its name, the manifests of the stages that
+are done, the report's results) and returns what to do: Jobs to create and delete, the new
+status, Events, and when to look again. It does no I/O, so every case is a unit test, and a
+restarted operator decides from the same inputs what the old one would have.
+
+Each stage has a plan key (``tratree.pipeline.fingerprints``): a digest of its spec slice, its
+inputs' keys and the code version. Jobs carry it, so a spec edit that changes a stage's key
+re-runs that stage and everything after it, and leaves the rest standing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tratree.pipeline import W2SG_METHODS, Stage, fingerprints, plan
+from tratree.spec import API_VERSION, KIND, ExperimentSpec, SpecError, parse_experiment
+from tratree_operator.config import OperatorConfig
+from tratree_operator.jobs import (
+    ANNOTATION_KEY,
+    LABEL_ATTEMPT,
+    LABEL_STAGE,
+    configmap_manifest,
+    job_manifest,
+    job_name,
+)
+
+DONE = ("Succeeded", "Cached")
+CONDITIONS = ("SpecValid", "Progressing", "Succeeded", "Failed", "StoreReachable")
+
+
+@dataclass
+class Observed:
+    """What the cluster and the store say about one experiment right now."""
+
+    body: dict[str, Any]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    manifests: dict[str, dict[str, Any]] | None = field(default_factory=dict)  # None: store unreachable
+    results: dict[str, Any] | None = None  # the report stage's results.json
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+    stage: str | None = None
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)  # the ConfigMap first, then Jobs
+    delete: list[str] = field(default_factory=list)  # Job names
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def timestamp(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The parts of a Job the reconciler reads."""
+
+    name: str
+    stage: str
+    key: str
+    attempt: int
+    outcome: str  # Running, Succeeded or Failed
+    start: str | None
+    finish: str | None
+    message: str
+    deleting: bool
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> JobView:
+        meta, status = job.get("metadata", {}), job.get("status") or {}
+        outcome, finish, message = "Running", None, ""
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+                outcome, finish = "Succeeded", status.get("completionTime") or cond.get("lastTransitionTime")
+            elif cond.get("type") == "Failed":
+                outcome, finish = "Failed", cond.get("lastTransitionTime")
+                message = f"{cond.get('reason') or 'Failed'}: {cond.get('message') or 'the Job failed'}"
+        labels = meta.get("labels") or {}
+        try:
+            attempt = int(labels.get(LABEL_ATTEMPT, "1"))
+        except ValueError:
+            attempt = 1
+        return cls(meta["name"], labels.get(LABEL_STAGE, ""), (meta.get("annotations") or {}).get(ANNOTATION_KEY, ""),
+                   attempt, outcome, status.get("startTime"), finish, message, bool(meta.get("deletionTimestamp")))
+
+
+@dataclass
+class _Want:
+    """A Job the stage needs, once its inputs are done and nothing blocks it."""
+
+    attempt: int
+    reason: str  # StageStarted, StageRetried or JobRecreated
+    due: dt.datetime | None = None
+
+
+def _condition(old: list[dict[str, Any]], kind: str, ok: bool, reason: str, message: str, gen: int | None,
+               now: str) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    prev = next((c for c in old if c.get("type") == kind), None)
+    since = prev["lastTransitionTime"] if prev and prev.get("status") == status and prev.get("lastTransitionTime") else now
+    return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": since,
+            "observedGeneration": gen}
+
+
+def _invalid(observed: Observed, old: dict[str, Any], message: str) -> Decision:
+    gen = observed.body["metadata"].get("generation")
+    now = timestamp(observed.now)
+    conds = old.get("conditions") or []
+    status = {
+        **old,
+        "phase": "Failed",
+        "observedGeneration": gen,
+        "conditions": [
+            _condition(conds, "SpecValid", False, "InvalidSpec", message, gen, now),
+            _condition(conds, "Progressing", False, "InvalidSpec", "no Job is made for an invalid spec", gen, now),
+            _condition(conds, "Succeeded", False, "InvalidSpec", "", gen, now),
+            _condition(conds, "Failed", True, "InvalidSpec", message, gen, now),
+        ],
+    }
+    was_invalid = any(c.get("type") == "SpecValid" and c.get("status") == "False" and c.get("message") == message
+                      for c in conds)
+    events = [] if was_invalid else [Event("Warning", "InvalidSpec", message)]
+    return Decision(status, events=events)
+
+
+def _stage_entry(prev: dict[str, Any], key: str) -> dict[str, Any]:
+    entry = {"state": "Pending", "key": key, "attempts": 0}
+    if prev.get("key") == key:
+        entry.update({k: v for k, v in prev.items() if k in ("state", "job", "startTime", "finishTime", "attempts",
+                                                               "message")})
+    return entry
+
+
+def _results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """The results table as the status holds it, and the two printer-column values."""
+    table = {}
+    for method, row in (results.get("methods") or {}).items():
+        entry = {"averageReward": round(row["average_reward"]["mean"], 2),
+                 "averageRewardStd": round(row["average_reward"]["std"], 2),
+                 "successRate": round(row["success_rate"]["mean"], 2),
+                 "seeds": row.get("seeds", 1)}
+        if row.get("p_value_vs_sft_strong") is not None:
+            entry["pValueVsSftStrong"] = round(row["p_value_vs_sft_strong"], 4)
+        if row.get("gap_recovered") is not None:
+            entry["gapRecovered"] = round(row["gap_recovered"], 3)
+        table[method] = entry
+    w2sg = [table[m]["averageReward"] for m in W2SG_METHODS if m in table]
+    best = f"{max(w2sg):.1f}" if w2sg else None
+    sft = f"{table['sft-strong']['averageReward']:.1f}" if "sft-strong" in table else None
+    return table, best, sft
+
+
+def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
+    """What to do about one experiment, given what is observed now."""
+    body = observed.body
+    meta = body["metadata"]
+    old: dict[str, Any] = dict(body.get("status") or {})
+    gen = meta.get("generation")
+    now_t = observed.now
+    now = timestamp(now_t)
+    try:
+        exp = parse_experiment({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": meta["name"]},
+                                "spec": body.get("spec")}, source=f"{KIND} {meta.get('namespace')}/{meta['name']}")
+    except SpecError as err:
+        return _invalid(observed, old, str(err))
+    spec = exp.spec
+    stages = plan(spec)
+    keys = fingerprints(stages)
+    by_name = {s.name: s for s in stages}
+    jobs_of: dict[str, list[JobView]] = defaultdict(list)
+    for job in observed.jobs:
+        view = JobView.of(job)
+        jobs_of[view.stage].append(view)
+
+    decision = Decision(status={})
+    old_stages: dict[str, dict[str, Any]] = old.get("stages") or {}
+    entries: dict[str, dict[str, Any]] = {}
+    wants: dict[str, _Want] = {}
+    for stage in stages:
+        key = keys[stage.name]
+        prev = old_stages.get(stage.name) or {}
+        entry = _stage_entry(prev, key)
+        if prev and prev.get("key") != key and prev.get("state") != "Pending":
+            decision.events.append(Event("Normal", "StageReplanned", f"stage {stage.name}: the spec changed; it runs again",
+                                         stage.name))
+        mine = [j for j in jobs_of.get(stage.name, []) if j.key == key]
+        decision.delete += [j.name for j in jobs_of.get(stage.name, [])
+                            if j.key != key and j.outcome == "Running" and not j.deleting]
+        current = max(mine, key=lambda j: j.attempt) if mine else None
+        manifest = (observed.manifests or {}).get(stage.name)
+        if entry["state"] in DONE:
+            pass
+        elif current is not None:
+            _from_job(entry, current, stage, spec, config, now_t, wants)
+        elif manifest is not None:
+            entry["state"] = "Succeeded" if entry["state"] == "Running" else "Cached"
+            entry["finishTime"] = entry.get("finishTime") or now
+        elif entry["state"] == "Failed":
+            pass  # its last Job is gone (TTL), the verdict stands
+        elif entry["state"] == "Running" and entry.get("job"):
+            # the Job it ran in is gone before it finished: someone deleted it
+            wants[stage.name] = _Want(max(1, entry["attempts"]), "JobRecreated")
+            entry["state"] = "Pending"
+        else:
+            wants[stage.name] = _Want(entry["attempts"] + 1, "StageRetried" if entry["attempts"] else "StageStarted")
+        entries[stage.name] = entry
+    # Jobs of stages a spec edit removed from the graph
+    for stage_name, views in jobs_of.items():
+        if stage_name not in by_name:
+            decision.delete += [j.name for j in views if j.outcome == "Running" and not j.deleting]
+
+    failed = [n for n, e in entries.items() if e["state"] == "Failed"]
+    blocked = bool(failed) or spec.suspend
+    created = False
+    waits: list[float] = []
+    for name, want in wants.items():
+        stage = by_name[name]
+        if blocked or not all(entries[i]["state"] in DONE for i in stage.inputs):
+            continue
+        if want.due is not None and want.due > now_t:
+            waits.append((want.due - now_t).total_seconds())
+            continue
+        job = job_manifest(meta, spec, stage, keys[name], want.attempt, config)
+        decision.create.append(job)
+        created = True
+        entry = entries[name]
+        entry.update(state="Running", job=job["metadata"]["name"], startTime=now, attempts=want.attempt)
+        entry.pop("finishTime", None)
+        if want.reason == "StageStarted":
+            entry.pop("message", None)
+            text = f"stage {name} started: Job {entry['job']}"
+        elif want.reason == "StageRetried":
+            text = f"stage {name}: attempt {want.attempt} started: Job {entry['job']} ({entry.get('message', '')})"
+        else:
+            text = f"stage {name}: its Job was deleted before it finished; made it again: {entry['job']}"
+        decision.events.append(Event("Warning" if want.reason == "JobRecreated" else "Normal", want.reason, text, name))
+    if created:
+        decision.create.insert(0, configmap_manifest(meta, spec))
+
+    for name, entry in entries.items():
+        before = (old_stages.get(name) or {}).get("state") if (old_stages.get(name) or {}).get("key") == entry["key"] else None
+        state = entry["state"]
+        if entry.get("message", "").endswith("retrying") and entry["message"] != (old_stages.get(name) or {}).get("message"):
+            decision.events.append(Event("Warning", "StageAttemptFailed", f"stage {name}: {entry['message']}", name))
+        if state == before or state in ("Running", "Pending"):
+            continue
+        if state == "Failed":
+            decision.events.append(Event("Warning", "StageFailed", f"stage {name} failed: {entry.get('message', '')}", name))
+        else:
+            decision.events.append(Event("Normal", f"Stage{state}", f"stage {name}: {state.lower()}", name))
+
+    decision.status = _status(observed, old, spec, stages, entries, failed, now, gen)
+    for ev in _phase_events(old, decision.status, observed):
+        decision.events.append(ev)
+    if waits:
+        decision.requeue_after = min(waits)
+    elif decision.status["phase"] in ("Pending", "Running") and not spec.suspend:
+        decision.requeue_after = config.resync_seconds
+    return decision
+
+
+def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: ExperimentSpec, config: OperatorConfig,
+              now: dt.datetime, wants: dict[str, _Want]) -> None:
+    """The stage's state from its newest Job; a failed one is retried while the policy allows."""
+    entry["attempts"] = max(entry["attempts"], job.attempt)
+    entry["job"] = job.name
+    entry["startTime"] = job.start or entry.get("startTime") or timestamp(now)
+    if job.outcome == "Running":
+        entry["state"] = "Running"
+        return
+    entry["finishTime"] = job.finish or timestamp(now)
+    if job.outcome == "Succeeded":
+        entry["state"] = "Succeeded"
+        entry.pop("message", None)
+        return
+    retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
+    message = f"attempt {job.attempt} of {retries + 1}: {job.message}"
+    if job.attempt <= retries:
+        failed_at = parse_time(job.finish) or now
+        delay = config.backoff(job.attempt)
+        entry["state"] = "Pending"
+        entry["message"] = f"{message}; retrying"
+        wants[stage.name] = _Want(job.attempt + 1, "StageRetried", failed_at + dt.timedelta(seconds=delay))
+    else:
+        entry["state"] = "Failed"
+        entry["message"] = message
+
+
+def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stages: list[Stage],
+            entries: dict[str, dict[str, Any]], failed: list[str], now: str, gen: int | None) -> dict[str, Any]:
+    running = [n for n, e in entries.items() if e["state"] == "Running"]
+    retrying = [n for n, e in entries.items() if e["state"] == "Pending" and e.get("message")]
+    done = all(e["state"] in DONE for e in entries.values())
+    if failed:
+        phase = "Failed"
+    elif done:
+        phase = "Succeeded"
+    elif running or retrying or any(e["state"] in DONE for e in entries.values()):
+        phase = "Running"
+    else:
+        phase = "Pending"
+    conds = old.get("conditions") or []
+    if failed:
+        progressing = (False, "StageFailed", f"stage {failed[0]} failed")
+    elif done:
+        progressing = (False, "Completed", "every stage is done")
+    elif spec.suspend:
+        progressing = (False, "Suspended", "spec.suspend is true: no new Job is made")
+    elif running:
+        progressing = (True, "StagesRunning", ", ".join(running))
+    elif retrying:
+        progressing = (True, "Retrying", ", ".join(retrying))
+    else:
+        progressing = (True, "Waiting", "waiting for stages to start")
+    reachable = observed.manifests is not None
+    conditions = [
+        _condition(conds, "SpecValid", True, "Valid", "", gen, now),
+        _condition(conds, "Progressing", *progressing, gen, now),
+        _condition(conds, "Succeeded", done, "AllStagesDone" if done else "InProgress", "", gen, now),
+        _condition(conds, "Failed", bool(failed), "StageFailed" if failed else "NoFailure",
+                   f"stage {failed[0]}: {entries[failed[0]].get('message', '')}" if failed else "", gen, now),
+        _condition(conds, "StoreReachable", reachable, "Reachable" if reachable else "Unreachable",
+                   "" if reachable else f"{spec.artifacts} cannot be read; Jobs are made anyway", gen, now),
+    ]
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": gen,
+        "stages": entries,
+        "conditions": conditions,
+    }
+    current = running or retrying or failed
+    if current:
+        status["currentStage"] = ",".join(current)
+    if observed.manifests is not None:
+        base = spec.artifacts.rstrip("/")
+        status["artifacts"] = {n: f"{base}/{m['prefix']}" for n, m in observed.manifests.items() if n in entries}
+    elif old.get("artifacts"):
+        status["artifacts"] = {n: u for n, u in old["artifacts"].items() if n in entries}
+    report_done = entries.get("report", {}).get("state") in DONE
+    if report_done and observed.results is not None:
+        table, best, sft = _results(observed.results)
+        status["results"] = table
+        if best is not None:
+            status["w2sgReward"] = best
+        if sft is not None:
+            status["sftStrongReward"] = sft
+    elif report_done:
+        for k in ("results", "w2sgReward", "sftStrongReward"):
+            if k in old:
+                status[k] = old[k]
+    return status
+
+
+def _phase_events(old: dict[str, Any], new: dict[str, Any], observed: Observed) -> list[Event]:
+    events = []
+    if new["phase"] != old.get("phase"):
+        if new["phase"] == "Succeeded":
+            extra = f"; W2SG {new['w2sgReward']}, sft-strong {new.get('sftStrongReward', '—')}" if "w2sgReward" in new else ""
+            events.append(Event("Normal", "ExperimentSucceeded", f"every stage is done{extra}"))
+        elif new["phase"] == "Failed":
+            fail = next(c for c in new["conditions"] if c["type"] == "Failed")
+            events.append(Event("Warning", "ExperimentFailed", fail["message"]))
+    was = next((c.get("status") for c in old.get("conditions") or [] if c.get("type") == "StoreReachable"), "True")
+    if observed.manifests is None and was != "False":
+        msg = next(c["message"] for c in new["conditions"] if c["type"] == "StoreReachable")
+        events.append(Event("Warning", "StoreUnreachable", msg))
+    return events
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new``; ``{}`` when they are equal."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            sub = merge_patch(old[key], value)
+            if isinstance(value, dict) and isinstance(old[key], dict) and not sub:
+                continue
+            patch[key] = sub
+    return patch
+
+
+__all__ = ["Decision", "Event", "JobView", "Observed", "job_name", "merge_patch", "reconcile"]

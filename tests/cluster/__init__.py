@@ -1,0 +1,1 @@
+"""A Kubernetes API emulator, a test kubelet and the operator as a subprocess, for tests and benchmarks."""

@@ -1,0 +1,382 @@
+"""The operator's decisions, one pure function: every case without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tratree.pipeline import fingerprints, plan
+from tratree.spec import parse_experiment
+from tratree_operator.config import OperatorConfig
+from tratree_operator.jobs import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, job_name
+from tratree_operator.reconcile import Observed, merge_patch, reconcile
+
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+CONFIG = OperatorConfig(retryBackoffSeconds=10, retryBackoffMaxSeconds=300, resyncSeconds=60)
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {"weak": {"model": "tiny:weak"}, "strong": {"model": "tiny:strong"},
+            "methods": ["sft-weak", "w2s-treedpo"], "artifacts": "s3://bucket/exp", **extra}
+
+
+class World:
+    """An experiment, its Jobs and its store, changed by applying each decision as the controller would."""
+
+    def __init__(self, body_spec: dict[str, Any] | None = None) -> None:
+        self.body: dict[str, Any] = {
+            "apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment",
+            "metadata": {"name": "exp", "namespace": "lab", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
+            "spec": body_spec or spec(),
+        }
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.manifests: dict[str, dict[str, Any]] | None = {}
+        self.results: dict[str, Any] | None = None
+        self.now = T0
+        self.created: list[str] = []
+        self.events: list[Any] = []
+        self.last = None
+
+    def step(self, config: OperatorConfig = CONFIG):
+        d = reconcile(Observed(copy.deepcopy(self.body), list(copy.deepcopy(self.jobs).values()),
+                               copy.deepcopy(self.manifests), self.results, self.now), config)
+        for obj in d.create:
+            if obj["kind"] == "Job":
+                assert obj["metadata"]["name"] not in self.jobs, "a Job was made twice"
+                self.jobs[obj["metadata"]["name"]] = obj
+                self.created.append(obj["metadata"]["name"])
+        for name in d.delete:
+            self.jobs.pop(name)
+        self.body["status"] = d.status
+        self.events += d.events
+        self.last = d
+        return d
+
+    def finish(self, stage: str, ok: bool = True, at: dt.datetime | None = None) -> None:
+        job = self.running(stage)
+        when = (at or self.now).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kind = "Complete" if ok else "Failed"
+        job["status"] = {"startTime": when, "conditions": [
+            {"type": kind, "status": "True", "lastTransitionTime": when, "reason": None if ok else "BackoffLimitExceeded",
+             "message": None if ok else "Job has reached the specified backoff limit"}]}
+        if ok:
+            job["status"]["completionTime"] = when
+
+    def running(self, stage: str) -> dict[str, Any]:
+        jobs = [j for j in self.jobs.values() if j["metadata"]["labels"][LABEL_STAGE] == stage
+                and not (j.get("status") or {}).get("conditions")]
+        assert len(jobs) == 1, f"{stage}: {len(jobs)} running Jobs"
+        return jobs[0]
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.body["status"]["stages"][name]
+
+    def run_all(self) -> None:
+        """Let every Job succeed until nothing is left to run."""
+        for _ in range(50):
+            d = self.step()
+            live = [j for j in self.jobs.values() if not (j.get("status") or {}).get("conditions")]
+            if not live and not d.create:
+                return
+            for job in live:
+                self.finish(job["metadata"]["labels"][LABEL_STAGE])
+        raise AssertionError("did not settle")
+
+
+def manifest(stage: str, digest: str = "d") -> dict[str, Any]:
+    return {"digest": f"{digest}-{stage}", "prefix": f"stages/{stage}/k", "files": {}}
+
+
+def test_a_new_experiment_starts_its_first_stage_with_a_configmap_and_owned_labelled_job():
+    w = World()
+    d = w.step()
+    assert [o["kind"] for o in d.create] == ["ConfigMap", "Job"]
+    cm, job = d.create
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert "tiny:weak" in cm["data"]["experiment.yaml"]
+    meta = job["metadata"]
+    assert meta["labels"][LABEL_EXPERIMENT] == "exp" and meta["labels"][LABEL_STAGE] == "expert"
+    assert meta["ownerReferences"] == [{"apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment", "name": "exp",
+                                        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "tratree", "stage", "expert", "--spec", "/spec/experiment.yaml", "--artifacts", "s3://bucket/exp"]
+    assert d.status["phase"] == "Running"
+    assert d.status["stages"]["expert"]["state"] == "Running"
+    assert d.status["stages"]["sft-weak"]["state"] == "Pending"
+    assert d.status["observedGeneration"] == 1
+    assert d.status["currentStage"] == "expert"
+    assert [e.reason for e in d.events] == ["StageStarted"]
+    # the name is a function of experiment, stage, plan key and attempt: a restart finds the same Job
+    key = fingerprints(plan(parse_experiment(spec()).spec))["expert"]
+    assert meta["name"] == job_name("exp", "expert", key, 1) and meta["annotations"][ANNOTATION_KEY] == key
+
+
+def test_job_settings_come_from_the_spec_over_the_operator_defaults():
+    body = spec(kubernetes={
+        "s3Secret": "s3-creds", "hfTokenSecret": "hf", "queueName": "gpu-queue", "priorityClassName": "research",
+        "nodeSelector": {"pool": "a100"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "ttlSecondsAfterFinished": 600, "serviceAccount": "trainer",
+        "stages": {"expert": {"image": "my/cpu:1", "cpu": "2", "memory": "8Gi", "activeDeadlineSeconds": 3600,
+                              "backoffLimit": 2}}})
+    job = World(body).step().create[1]
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "my/cpu:1"
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in c["env"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["priorityClassName"] == "research" and pod["serviceAccountName"] == "trainer"
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["restartPolicy"] == "Never"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+
+
+def test_gpu_stages_request_gpus_on_the_trainer_image():
+    w = World()
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    d = w.step()
+    jobs = {j["metadata"]["labels"][LABEL_STAGE]: j for j in d.create if j["kind"] == "Job"}
+    c = jobs["sft-weak"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == CONFIG.images.trainer
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_stages_done_in_the_store_are_cached_without_a_job():
+    w = World()
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    d = w.step()
+    assert w.stage("expert")["state"] == "Cached" and w.stage("tokenizer")["state"] == "Cached"
+    assert [j["metadata"]["labels"][LABEL_STAGE] for j in d.create if j["kind"] == "Job"] == ["sft-weak"]
+    assert d.status["artifacts"]["expert"] == "s3://bucket/exp/stages/expert/k"
+    assert {"StageCached", "StageStarted"} <= {e.reason for e in d.events}
+
+
+def test_a_whole_experiment_runs_in_dependency_order_and_succeeds():
+    w = World()
+    w.run_all()
+    order = [w.jobs[n]["metadata"]["labels"][LABEL_STAGE] for n in w.created]
+    stages = plan(parse_experiment(spec()).spec)
+    assert sorted(order) == sorted(s.name for s in stages)
+    for s in stages:
+        for dep in s.inputs:
+            assert order.index(dep) < order.index(s.name)
+    assert w.body["status"]["phase"] == "Succeeded"
+    conds = {c["type"]: c for c in w.body["status"]["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Progressing"]["reason"] == "Completed"
+    assert w.events[-1].reason == "ExperimentSucceeded"
+    assert w.last.requeue_after is None
+
+
+def test_results_reach_the_status_when_the_report_is_done():
+    w = World()
+    w.run_all()
+    w.manifests = {"report": manifest("report")}
+    w.results = {"methods": {
+        "sft-weak": {"average_reward": {"mean": 30.0, "std": 0.0}, "success_rate": {"mean": 10.0, "std": 0}, "seeds": 1},
+        "w2s-treedpo": {"average_reward": {"mean": 62.3, "std": 1.0}, "success_rate": {"mean": 40.0, "std": 0},
+                        "seeds": 1, "p_value_vs_sft_strong": None}}}
+    d = w.step()
+    assert d.status["results"]["w2s-treedpo"]["averageReward"] == 62.3
+    assert d.status["w2sgReward"] == "62.3"
+    assert "sftStrongReward" not in d.status
+
+
+def test_a_failed_job_is_retried_after_backoff_then_the_experiment_fails_and_stops():
+    w = World(spec(kubernetes={"stages": {"sft": {"retries": 1}}}))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step()
+    first = w.running("sft-weak")["metadata"]["name"]
+    w.finish("sft-weak", ok=False)
+    d = w.step()
+    assert not [o for o in d.create if o["kind"] == "Job"]
+    assert w.stage("sft-weak")["state"] == "Pending" and "retrying" in w.stage("sft-weak")["message"]
+    assert d.requeue_after == pytest.approx(10.0)
+    assert "StageAttemptFailed" in [e.reason for e in d.events]
+    w.now = T0 + dt.timedelta(seconds=11)
+    d = w.step()
+    second = w.running("sft-weak")
+    assert second["metadata"]["name"] != first and second["metadata"]["labels"][LABEL_ATTEMPT] == "2"
+    assert w.stage("sft-weak")["attempts"] == 2 and d.events[0].reason == "StageRetried"
+    w.finish("sft-weak", ok=False)
+    d = w.step()
+    assert w.stage("sft-weak")["state"] == "Failed"
+    assert d.status["phase"] == "Failed"
+    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "sft-weak" in failed["message"] and "BackoffLimitExceeded" in failed["message"]
+    assert {"StageFailed", "ExperimentFailed"} <= {e.reason for e in d.events}
+    # nothing later starts, now or on later reconciles
+    assert not d.create and not w.step().create
+    assert w.stage("explore")["state"] == "Pending"
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [CONFIG.backoff(n) for n in (1, 2, 3, 10)] == [10, 20, 40, 300]
+
+
+def test_a_job_deleted_mid_run_is_made_again():
+    w = World()
+    w.step()
+    name = w.running("expert")["metadata"]["name"]
+    del w.jobs[name]
+    d = w.step()
+    assert [o["metadata"]["name"] for o in d.create if o["kind"] == "Job"] == [name]
+    assert [e.reason for e in d.events] == ["JobRecreated"]
+    assert w.stage("expert")["state"] == "Running"
+
+
+def test_a_restart_between_creating_a_job_and_writing_status_adopts_the_job():
+    w = World()
+    w.step()
+    w.body.pop("status")  # the status write was lost
+    d = w.step()  # World.step fails on a second Job with the same name
+    assert not [o for o in d.create if o["kind"] == "Job"]
+    assert w.stage("expert")["state"] == "Running"
+
+
+def test_a_restart_finds_finished_jobs_and_loses_no_transition():
+    w = World()
+    w.step()
+    w.finish("expert")
+    status = copy.deepcopy(w.body["status"])
+    w.body["status"] = status  # the operator was down while the Job finished
+    d = w.step()
+    assert w.stage("expert")["state"] == "Succeeded" and "StageSucceeded" in [e.reason for e in d.events]
+    assert [o["metadata"]["labels"][LABEL_STAGE] for o in d.create if o["kind"] == "Job"] == ["tokenizer"]
+
+
+def test_reconciling_twice_changes_nothing_the_second_time():
+    w = World()
+    w.manifests = {"expert": manifest("expert")}
+    w.step()
+    before = copy.deepcopy(w.body["status"])
+    d = w.step()
+    assert not d.create and not d.delete and not d.events
+    assert merge_patch(before, d.status) == {}
+
+
+def test_a_spec_edit_reruns_the_stages_whose_key_changed_and_keeps_the_rest():
+    w = World()
+    w.manifests = None  # the store plays no part here
+    for _ in range(4):
+        w.step()
+        for job in [j for j in w.jobs.values() if not (j.get("status") or {}).get("conditions")]:
+            stage = job["metadata"]["labels"][LABEL_STAGE]
+            if stage != "trees":
+                w.finish(stage)
+    w.step()
+    running_trees = w.running("trees")["metadata"]["name"]
+    kept = {n: copy.deepcopy(w.stage(n)) for n in ("expert", "sft-weak", "explore")}
+    w.body["spec"]["tree"] = {"similarity": 0.9}
+    w.body["metadata"]["generation"] = 2
+    d = w.step()
+    assert running_trees in d.delete
+    new_trees = w.running("trees")["metadata"]["name"]
+    assert new_trees != running_trees
+    for name, entry in kept.items():
+        assert w.stage(name) == entry
+    assert w.stage("pairs")["state"] == "Pending"
+    assert d.status["observedGeneration"] == 2
+    assert "StageReplanned" in [e.reason for e in d.events]
+
+
+def test_a_method_removed_from_the_spec_drops_its_stages_and_stops_their_jobs():
+    w = World()
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer"), "sft-weak": manifest("sft-weak")}
+    w.step()
+    explore = w.running("explore")["metadata"]["name"]
+    w.body["spec"]["methods"] = ["sft-weak"]
+    d = w.step()
+    assert explore in d.delete
+    assert "explore" not in d.status["stages"]
+
+
+def test_an_invalid_spec_is_a_condition_naming_the_field_and_makes_no_job():
+    w = World(spec(training={"sft": {"epochs": 0}}))
+    d = w.step()
+    assert not d.create
+    cond = next(c for c in d.status["conditions"] if c["type"] == "SpecValid")
+    assert cond["status"] == "False" and cond["reason"] == "InvalidSpec"
+    assert "spec.training.sft.epochs" in cond["message"]
+    assert d.status["phase"] == "Failed"
+    assert [e.reason for e in d.events] == ["InvalidSpec"]
+    assert not w.step().events  # said once
+    w.body["spec"] = spec()
+    d = w.step()
+    assert d.status["phase"] == "Running" and [o["kind"] for o in d.create] == ["ConfigMap", "Job"]
+
+
+def test_suspend_stops_new_jobs_and_resuming_continues():
+    w = World(spec(suspend=True))
+    d = w.step()
+    assert not d.create and d.status["phase"] == "Pending"
+    prog = next(c for c in d.status["conditions"] if c["type"] == "Progressing")
+    assert prog["status"] == "False" and prog["reason"] == "Suspended"
+    w.body["spec"]["suspend"] = False
+    assert [o["kind"] for o in w.step().create] == ["ConfigMap", "Job"]
+    w.finish("expert")
+    w.body["spec"]["suspend"] = True
+    assert not w.step().create
+    w.body["spec"]["suspend"] = False
+    assert [o["metadata"]["labels"][LABEL_STAGE] for o in w.step().create if o["kind"] == "Job"] == ["tokenizer"]
+
+
+def test_an_unreachable_store_still_makes_jobs_and_says_so_once():
+    w = World()
+    w.manifests = None
+    d = w.step()
+    assert [o["kind"] for o in d.create] == ["ConfigMap", "Job"]
+    cond = next(c for c in d.status["conditions"] if c["type"] == "StoreReachable")
+    assert cond["status"] == "False" and "s3://bucket/exp" in cond["message"]
+    assert "StoreUnreachable" in [e.reason for e in d.events]
+    assert "StoreUnreachable" not in [e.reason for e in w.step().events]
+
+
+def test_a_finished_failed_stage_stays_failed_after_its_job_is_gone():
+    w = World(spec(kubernetes={"stages": {"expert": {"retries": 0}}}))
+    w.step()
+    w.finish("expert", ok=False)
+    w.step()
+    w.jobs.clear()  # ttlSecondsAfterFinished
+    d = w.step()
+    assert not d.create and w.stage("expert")["state"] == "Failed" and d.status["phase"] == "Failed"
+
+
+def test_job_names_are_short_and_distinct():
+    long = "x" * 63
+    a = job_name(long, "eval-w2s-random-dpo-s12", "k" * 24, 1)
+    b = job_name(long, "eval-w2s-random-dpo-s13", "k" * 24, 1)
+    assert len(a) <= 63 and len(b) <= 63 and a != b
+    assert job_name("e", "s", "k", 1) != job_name("e", "s", "k", 2)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=12,
+)
+json_docs = st.dictionaries(st.text(max_size=3), json_values.filter(lambda v: v is not None), max_size=4)
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+@given(json_docs, json_docs)
+def test_merge_patch_turns_old_into_new(old, new):
+    from tests.cluster.apiserver import merge
+
+    old, new = _strip_none(old), _strip_none(new)
+    assert merge(old, merge_patch(old, new)) == new
