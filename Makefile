@@ -31,9 +31,12 @@ bench: setup
 	$(BIN)/python bench/tree_mcts.py
 	$(BIN)/python bench/explore.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/operator.py
 
+# the CRD, generated from tratree/spec.py, and the chart's copy of it
 crds: setup
 	$(BIN)/python -m tratree.crd > crds/w2sgexperiments.tratree.io.yaml
+	cp crds/w2sgexperiments.tratree.io.yaml charts/tratree/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts

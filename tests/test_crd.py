@@ -35,7 +35,8 @@ def validator():
     return OAS30Validator(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "examples/ci/regression.yaml"],
+                         ids=lambda p: p.name)
 def test_examples_pass_server_side_validation(validator, path):
     manifest = yaml.safe_load(path.read_text())
     validator.validate(manifest["spec"])

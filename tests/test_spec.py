@@ -27,7 +27,8 @@ def test_quickstart_is_a_valid_manifest_with_every_method():
     assert exp.spec.artifacts.startswith("file://")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("path", [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "examples/ci/regression.yaml"],
+                         ids=lambda p: p.name)
 def test_every_example_validates(path):
     load_experiment(path)
 

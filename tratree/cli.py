@@ -264,6 +264,91 @@ def cmd_model_init(args: argparse.Namespace) -> None:
     print(f"{args.preset} ({len(tokenizer)}-token vocabulary) -> {args.output}", file=sys.stderr)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    exp = _experiment(args.experiment)
+    if args.name:
+        from tratree.spec import DNS_LABEL
+
+        if not DNS_LABEL.match(args.name):
+            raise CLIError(f"--name: {args.name!r} is not a DNS-1123 label (lowercase, digits, '-')")
+        exp = exp.model_copy(update={"name": args.name})
+    try:
+        from tratree.submit import SubmitError, submit, wait
+    except ImportError as err:
+        raise CLIError(f"tratree submit needs the Kubernetes client ({err.name}): pip install 'tratree[operator]'") from None
+    try:
+        api, ns = submit(exp, args.namespace)
+        print(f"created w2sg/{exp.name} in namespace {ns}", file=sys.stderr)
+        if not args.wait:
+            print(f"follow it: kubectl get w2sg {exp.name} -n {ns} -w", file=sys.stderr)
+            return 0
+
+        def show(line: str) -> None:
+            print(f"[{datetime.now().strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+        status = wait(api, ns, exp.name, args.timeout, show, poll=args.poll)
+    except SubmitError as err:
+        raise CLIError(str(err)) from None
+    if status is None:
+        print(f"tratree: error: w2sg/{exp.name} did not finish within {args.timeout:g}s", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if status.get("results"):
+        _results_table(status["results"])
+        if args.output:
+            from tratree.atomic import atomic_write
+
+            with atomic_write(args.output) as fh:
+                json.dump(status["results"], fh, indent=2)
+    if status["phase"] == "Failed":
+        failed = next((c for c in status.get("conditions") or [] if c.get("type") in ("Failed",)), {})
+        print(f"tratree: w2sg/{exp.name} failed: {failed.get('message', '')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _results_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="results (average reward and success rate ×100)")
+    for col in ("method", "average reward", "success rate", "seeds"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for method, row in results.items():
+        table.add_row(method, f"{row.get('averageReward', 0):.1f} ± {row.get('averageRewardStd', 0):.1f}",
+                      f"{row.get('successRate', 0):.1f}", str(row.get("seeds", "")))
+    Console().print(table)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tratree.compare import ResultsError, compare, load_results
+
+    try:
+        rows = compare(load_results(args.results), load_results(args.baseline), args.max_drop)
+    except ResultsError as err:
+        raise CLIError(str(err)) from None
+    table = Table(title=f"{args.results} against {args.baseline} (max drop {args.max_drop:g})")
+    for col in ("method", "baseline", "now", "change", "verdict"):
+        table.add_column(col, justify="left" if col in ("method", "verdict") else "right")
+
+    def num(value: float | None, sign: bool = False) -> str:
+        return "—" if value is None else f"{value:+.1f}" if sign else f"{value:.1f}"
+
+    for row in rows:
+        verdict = "[green]ok[/]" if row.ok else "[red]missing[/]" if row.current is None else "[red]regressed[/]"
+        table.add_row(row.method, num(row.baseline), num(row.current), num(row.delta, sign=True), verdict)
+    Console().print(table)
+    bad = [r.method for r in rows if not r.ok]
+    if bad:
+        print(f"tratree: regression in {', '.join(bad)} (more than {args.max_drop:g} below the baseline)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _write_lines(path: str, lines) -> None:
     from tratree.atomic import atomic_write
 
@@ -382,6 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--best-of", type=_positive_int, default=None, help="N sampled episodes per task, best kept")
     sp.add_argument("--trajectories", help="where the episodes go (default: beside METRICS.json)")
 
+    sp = add(sub, "submit", cmd_submit, "create the W2SGExperiment on a cluster; --wait follows it to the end")
+    sp.add_argument("experiment")
+    sp.add_argument("-n", "--namespace", help="default: the manifest's, else the kubeconfig context's")
+    sp.add_argument("--name", help="metadata.name to use instead of the file's (unique names for CI runs)")
+    sp.add_argument("--wait", action="store_true", help="stream stage transitions; exit 0 Succeeded, 1 Failed")
+    sp.add_argument("--timeout", type=_non_negative_float, default=86400.0, help="seconds --wait waits (exit 2 after)")
+    sp.add_argument("--poll", type=_non_negative_float, default=2.0, help="seconds between reads of the resource")
+    sp.add_argument("-o", "--output", help="with --wait: write the results table here (JSON)")
+
+    sp = add(sub, "compare", cmd_compare, "exit 1 when a method's average reward falls more than --max-drop")
+    sp.add_argument("results", help="results.json, a status.results dump or a W2SGExperiment as JSON")
+    sp.add_argument("--baseline", required=True, help="the same, from the run to compare with")
+    sp.add_argument("--max-drop", type=_non_negative_float, default=0.0, help="reward points (×100) allowed to drop")
+
     model = sub.add_parser("model", help="create models")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     sp = add(model_sub, "init", cmd_model_init, "a tiny model from config, tokenizer trained on the environment")
@@ -405,14 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tratree: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ StageKind = Literal[
     "report",
 ]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class SpecError(ValueError):
@@ -370,7 +370,7 @@ def parse_experiment(data: Any, source: str = "<spec>", default_name: str = "exp
         body = data.get("spec")
         if not isinstance(body, dict):
             raise SpecError(f"{source}: spec: expected a mapping")
-    if not _DNS_LABEL.match(name):
+    if not DNS_LABEL.match(name):
         raise SpecError(f"{source}: metadata.name: {name!r} is not a DNS-1123 label (lowercase, digits, '-')")
     try:
         spec = ExperimentSpec.model_validate(body)

@@ -43,6 +43,8 @@ RESOURCES: dict[Res, tuple[str, bool, bool]] = {
     ("", "v1", "events"): ("Event", True, False),
     ("", "v1", "namespaces"): ("Namespace", False, True),
     ("", "v1", "pods"): ("Pod", True, True),
+    ("kopf.dev", "v1", "clusterkopfpeerings"): ("ClusterKopfPeering", False, False),
+    ("kopf.dev", "v1", "kopfpeerings"): ("KopfPeering", True, False),
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 

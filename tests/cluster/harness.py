@@ -41,13 +41,14 @@ class Cluster:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config_path),
                 "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "operator")]), **self.extra_env}
 
-    async def start_operator(self, *args: str) -> None:
+    async def start_operator(self, *args: str, standalone: bool = True) -> None:
         self.starts += 1
         log = open(self.log_path, "a")  # noqa: SIM115 - the subprocess holds it
         log.write(f"--- operator start {self.starts}\n")
         log.flush()
         self.operator = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tratree_operator", "--standalone", "--liveness", "", "--metrics-port", "0", *args,
+            sys.executable, "-m", "tratree_operator", *(["--standalone"] if standalone else []),
+            "--liveness", "", "--metrics-port", "0", *args,
             env=self.env(), stdout=log, stderr=log)
 
     async def stop_operator(self, kill: bool = False) -> None:
@@ -60,6 +61,19 @@ class Cluster:
             self.operator.kill()
             await self.operator.wait()
         self.operator = None
+
+    def operator_calls(self) -> set[tuple[str, str, str]]:
+        """(API group, resource[/subresource], RBAC verb) of every request the operator sent."""
+        verbs = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
+                 "DELETE": "delete"}
+        calls = set()
+        for r in self.api._requests:
+            if r.resource is None or not r.resource.plural or r.action is None or \
+                    "kmock" in r.headers.get("User-Agent", "").lower():  # discovery needs no RBAC
+                continue
+            resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+            calls.add((r.resource.group or "", resource, verbs[r.action.name]))
+        return calls
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

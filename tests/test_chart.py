@@ -1,0 +1,143 @@
+"""The Helm chart: renders and lints for the value sets users set, every manifest validates
+against a current Kubernetes version, and its RBAC is exactly what the operator calls."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.cluster.harness import cluster
+from tests.cluster.kubelet import Kubelet
+from tests.test_operator import small, stage_of
+from tratree_operator.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "tratree"
+K8S_VERSION = kubernetes_validate.utils.latest_version()
+# kinds of other projects' CRDs: checked by hand below, kubernetes-validate has no schema for them
+FOREIGN = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespace-scoped": {"watchNamespaces": ["team-a", "team-b"]},
+    "two-replicas": {"replicaCount": 2},
+    "digest-pinned": {"image": {"digest": "sha256:" + "a" * 64},
+                      "stages": {"images": {"trainer": "ghcr.io/tratree/tratree-trainer@sha256:" + "b" * 64}}},
+    "metrics-on": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "standalone": {"peering": {"enabled": False}, "metrics": {"enabled": False}, "hfTokenSecret": "hf",
+                   "stages": {"queueName": "gpu", "priorityClassName": "research"}},
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values, name="tratree", namespace="tratree-system", is_install=True)
+    docs = []
+    for path, text in out.items():
+        if path.endswith(".txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def crd_docs() -> list[dict[str, Any]]:
+    return [d for p in sorted((CHART / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_chart_renders_lints_and_validates(name):
+    values = VALUE_SETS[name]
+    report = helm.lint(CHART, values, strict=True)
+    assert not report["errors"] and all(m["severity"] < 2 for m in report["messages"]), report
+    docs = render(values)
+    for doc in [*docs, *crd_docs()]:
+        if doc["kind"] in FOREIGN:
+            assert doc["apiVersion"] in ("monitoring.coreos.com/v1", "kopf.dev/v1") and doc["metadata"]["name"]
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["port"] == container["readinessProbe"]["httpGet"]["port"] == "health"
+    config = by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]
+    OperatorConfig.model_validate(yaml.safe_load(config))  # the operator accepts what the chart gives it
+
+
+def test_values_reach_the_deployment_and_the_operator_config():
+    docs = render(VALUE_SETS["digest-pinned"])
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/tratree/tratree-operator@sha256:" + "a" * 64
+    config = OperatorConfig.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]))
+    assert config.images.trainer.endswith("@sha256:" + "b" * 64) and config.s3_secret == "tratree-s3"
+
+    docs = render(VALUE_SETS["namespace-scoped"])
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterKopfPeering")
+    assert {r["metadata"]["namespace"] for r in by_kind(docs, "Role")} == {"team-a", "team-b"}
+    assert {p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")} == {"team-a", "team-b"}
+
+    docs = render(VALUE_SETS["standalone"])
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" in args and "--metrics-port=0" in args and not by_kind(docs, "Service")
+    config = OperatorConfig.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]))
+    assert (config.queue_name, config.priority_class_name, config.hf_token_secret) == ("gpu", "research", "hf")
+
+    docs = render(VALUE_SETS["metrics-on"])
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["metadata"]["labels"]["release"] == "prom"
+
+
+def test_replicas_without_peering_are_refused():
+    with pytest.raises(helm.HelmError, match="peering"):
+        render({"replicaCount": 2, "peering": {"enabled": False}})
+
+
+def test_the_chart_ships_the_generated_crd():
+    assert (CHART / "crds" / "w2sgexperiments.tratree.io.yaml").read_text() == \
+        (ROOT / "crds" / "w2sgexperiments.tratree.io.yaml").read_text()
+
+
+def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_rbac_is_exactly_the_calls_the_operator_makes(tmp_path):
+    """A run with peering on, a mid-run spec edit and a Job deleted: every call recorded."""
+    held = {"eval-sft-weak-s0"}
+    async with cluster(tmp_path, start=False) as c, \
+            Kubelet(c.api, lambda job: "hold" if stage_of(job) in held else "succeed"):
+        async with c.api.post("/apis/kopf.dev/v1/clusterkopfpeerings",
+                              json={"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                                    "metadata": {"name": "tratree"}}) as r:
+            assert r.status == 201
+        await c.start_operator(standalone=False)
+        manifest = small(tmp_path)
+        await c.apply(manifest)
+        await c.wait(lambda: c.status("small").get("stages", {}).get("eval-sft-weak-s0", {}).get("state") == "Running",
+                     60, "the evaluation to run")
+        edited = copy.deepcopy(manifest)
+        edited["spec"]["evaluation"] = {"temperature": 0.5}
+        await c.apply(edited)
+        await c.wait(lambda: "StageReplanned" in c.reasons("small"), 30)
+        held.clear()
+        await c.wait_phase("small", "Succeeded", 60)
+        await c.stop_operator()
+        calls = c.operator_calls()
+    rules = rule_set(by_kind(render({}), "ClusterRole")[0]["rules"])
+    assert calls == rules, f"called but not allowed: {calls - rules}; allowed but never called: {rules - calls}"
