@@ -150,6 +150,12 @@ def test_gpu_stages_request_gpus_on_the_trainer_image():
     c = jobs["sft-weak"]["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == CONFIG.images.trainer
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["command"][:3] == ["tratree", "stage", "sft-weak"]
+    w = World(spec(kubernetes={"stages": {"sft": {"gpus": 4}}}))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    c = w.step().create[1]["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:7] == ["accelerate", "launch", "--num_processes", "4", "-m", "tratree", "stage"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
 def test_stages_done_in_the_store_are_cached_without_a_job():

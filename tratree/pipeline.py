@@ -59,16 +59,17 @@ def cache_key(stage: Stage, input_digests: dict[str, str]) -> str:
 
 
 def fingerprints(stages: list[Stage]) -> dict[str, str]:
-    """A key per stage from the spec alone: its params, its inputs' fingerprints and the code version.
+    """A key per stage from the spec alone: its params and its inputs' fingerprints.
 
     Unlike the cache key it needs no input digests, so it is known before anything runs. The
-    operator names Jobs by it and re-runs a stage when a spec edit changes it.
+    operator names Jobs by it and re-runs a stage when a spec edit changes it. The code version
+    is left out on purpose: upgrading the operator must not re-run the finished stages of
+    experiments in flight (the cache key, which has it, still keeps old outputs from new code).
     """
     out: dict[str, str] = {}
     for stage in stages:
         blob = json.dumps(
-            {"action": stage.action, "params": stage.params, "inputs": {n: out[n] for n in stage.inputs},
-             "code": code_version()},
+            {"action": stage.action, "params": stage.params, "inputs": {n: out[n] for n in stage.inputs}},
             sort_keys=True,
         )
         out[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -100,6 +100,9 @@ def job_manifest(
         requests["memory"] = limits["memory"] = res.memory
     if res.gpus:
         requests[config.gpu_resource] = limits[config.gpu_resource] = str(res.gpus)
+    # a training stage with several GPUs runs one process per GPU (see the README: multi-GPU training)
+    multi = (res.gpus or 0) > 1 and stage.kind in ("sft", "dpo")
+    launcher = ["accelerate", "launch", "--num_processes", str(res.gpus), "-m", "tratree"] if multi else ["tratree"]
     env_from, env = _secret_env(k8s.s3_secret or config.s3_secret, k8s.hf_token_secret or config.hf_token_secret)
     env += [
         {"name": "TRATREE_WORK", "value": "/work"},
@@ -110,7 +113,7 @@ def job_manifest(
         "name": "stage",
         "image": image,
         "imagePullPolicy": config.images.pull_policy,
-        "command": ["tratree", "stage", stage.name, "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--artifacts", spec.artifacts],
+        "command": [*launcher, "stage", stage.name, "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--artifacts", spec.artifacts],
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
