@@ -386,3 +386,41 @@ def test_merge_patch_turns_old_into_new(old, new):
 
     old, new = _strip_none(old), _strip_none(new)
     assert merge(old, merge_patch(old, new)) == new
+
+
+def _pruned(value: Any, schema: dict[str, Any], path: str = "status") -> list[str]:
+    """Paths the API server would prune: fields the structural schema does not declare."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or not isinstance(value, dict | list):
+        return []
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _pruned(v, schema.get("items", {}), f"{path}[{i}]")]
+    if "properties" in schema:
+        out = [f"{path}.{k}" for k in value if k not in schema["properties"]]
+        return out + [p for k, v in value.items() if k in schema["properties"]
+                      for p in _pruned(v, schema["properties"][k], f"{path}.{k}")]
+    extra = schema.get("additionalProperties")
+    return [p for k, v in value.items() for p in _pruned(v, extra, f"{path}.{k}")] if isinstance(extra, dict) else []
+
+
+def test_every_status_the_operator_writes_fits_the_crd_status_schema():
+    from openapi_schema_validator import OAS30Validator
+
+    from tratree.crd import STATUS_SCHEMA
+
+    statuses = []
+    w = World(spec(kubernetes={"stages": {"expert": {"retries": 1}}}))
+    w.step()
+    w.finish("expert", ok=False)
+    statuses.append(w.step().status)
+    w.now += dt.timedelta(seconds=60)
+    w.run_all()
+    w.manifests = {"report": manifest("report")}
+    w.results = {"methods": {"w2s-treedpo": {"average_reward": {"mean": 50.0, "std": 1.0},
+                                             "success_rate": {"mean": 20.0, "std": 0.0}, "seeds": 1,
+                                             "p_value_vs_sft_strong": 0.04, "gap_recovered": 0.5}}}
+    statuses.append(w.step().status)
+    statuses.append(World(spec(seeds=[])).step().status)  # invalid
+    statuses.append(World(spec()).step().status)
+    for status in statuses:
+        assert _pruned(status, STATUS_SCHEMA) == []
+        OAS30Validator(STATUS_SCHEMA).validate(status)
