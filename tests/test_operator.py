@@ -6,6 +6,7 @@ A test kubelet plays the nodes: it marks Jobs succeeded or failed, or holds them
 from __future__ import annotations
 
 import copy
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,18 @@ def hold(*stages: str):
     return decide, held
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
     manifest = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
     manifest["spec"]["artifacts"] = f"file://{tmp_path}/store"
-    async with cluster(tmp_path, operator_args=("--metrics-port", "19391", "--liveness",
-                                                "http://127.0.0.1:19392/healthz")) as c, \
+    metrics, health = free_port(), free_port()
+    async with cluster(tmp_path, operator_args=("--metrics-port", str(metrics), "--liveness",
+                                                f"http://127.0.0.1:{health}/healthz")) as c, \
             Kubelet(c.api, always("succeed")) as kubelet:
         await c.apply(manifest)
         status = await c.wait_phase("mini", "Succeeded", 120)
@@ -68,9 +76,9 @@ async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
         assert cm["metadata"]["ownerReferences"][0]["name"] == "mini"
         assert not c.experiment("mini")["metadata"].get("finalizers")
         async with aiohttp.ClientSession() as http:
-            async with http.get("http://127.0.0.1:19391/metrics") as r:
+            async with http.get(f"http://127.0.0.1:{metrics}/metrics") as r:
                 text = await r.text()
-            async with http.get("http://127.0.0.1:19392/healthz") as r:
+            async with http.get(f"http://127.0.0.1:{health}/healthz") as r:
                 assert r.status == 200
         assert 'tratree_experiments{phase="Succeeded"} 1.0' in text
         assert f"tratree_jobs_created_total {float(len(stages))}" in text

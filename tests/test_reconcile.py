@@ -248,6 +248,7 @@ def test_a_restart_between_creating_a_job_and_writing_status_adopts_the_job():
     d = w.step()  # World.step fails on a second Job with the same name
     assert not [o for o in d.create if o["kind"] == "Job"]
     assert w.stage("expert")["state"] == "Running"
+    assert [e.reason for e in d.events] == ["StageStarted"]  # the event of the lost write is not lost
 
 
 def test_a_restart_finds_finished_jobs_and_loses_no_transition():

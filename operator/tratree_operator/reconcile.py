@@ -233,6 +233,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     failed = [n for n, e in entries.items() if e["state"] == "Failed"]
     blocked = bool(failed) or spec.suspend
     created = False
+    started: dict[str, Event] = {}
     waits: list[float] = []
     for name, want in wants.items():
         stage = by_name[name]
@@ -254,21 +255,10 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
             text = f"stage {name}: attempt {want.attempt} started: Job {entry['job']} ({entry.get('message', '')})"
         else:
             text = f"stage {name}: its Job was deleted before it finished; made it again: {entry['job']}"
-        decision.events.append(Event("Warning" if want.reason == "JobRecreated" else "Normal", want.reason, text, name))
+        started[name] = Event("Warning" if want.reason == "JobRecreated" else "Normal", want.reason, text, name)
     if created:
         decision.create.insert(0, configmap_manifest(meta, spec))
-
-    for name, entry in entries.items():
-        before = (old_stages.get(name) or {}).get("state") if (old_stages.get(name) or {}).get("key") == entry["key"] else None
-        state = entry["state"]
-        if entry.get("message", "").endswith("retrying") and entry["message"] != (old_stages.get(name) or {}).get("message"):
-            decision.events.append(Event("Warning", "StageAttemptFailed", f"stage {name}: {entry['message']}", name))
-        if state == before or state in ("Running", "Pending"):
-            continue
-        if state == "Failed":
-            decision.events.append(Event("Warning", "StageFailed", f"stage {name} failed: {entry.get('message', '')}", name))
-        else:
-            decision.events.append(Event("Normal", f"Stage{state}", f"stage {name}: {state.lower()}", name))
+    decision.events += _transitions(old_stages, entries, started)
 
     decision.status = _status(observed, old, spec, stages, entries, failed, now, gen)
     for ev in _phase_events(old, decision.status, observed):
@@ -278,6 +268,36 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     elif decision.status["phase"] in ("Pending", "Running") and not spec.suspend:
         decision.requeue_after = config.resync_seconds
     return decision
+
+
+def _transitions(old_stages: dict[str, dict[str, Any]], entries: dict[str, dict[str, Any]],
+                 started: dict[str, Event]) -> list[Event]:
+    """Events for what changed since the status the cluster holds.
+
+    They come from comparing statuses, not from what this pass did: when a status write is
+    lost (a 409, a crash) the next pass, seeing the old status again, tells the same story.
+    """
+    events = []
+    for name, entry in entries.items():
+        prev = old_stages.get(name) or {}
+        before, before_job = (prev.get("state"), prev.get("job")) if prev.get("key") == entry["key"] else (None, None)
+        state, job = entry["state"], entry.get("job")
+        message = entry.get("message", "")
+        if message.endswith("retrying") and message != prev.get("message"):
+            events.append(Event("Warning", "StageAttemptFailed", f"stage {name}: {message}", name))
+        if name in started:
+            events.append(started[name])
+        elif job and state in ("Running", "Succeeded", "Failed") and before not in DONE and \
+                (before, before_job) != ("Running", job) and not (before == "Failed" and before_job == job):
+            # a Job this status has not seen yet: made by a pass whose status write was lost
+            events.append(Event("Normal", "StageStarted", f"stage {name} started: Job {job}", name))
+        if state == before or state in ("Running", "Pending"):
+            continue
+        if state == "Failed":
+            events.append(Event("Warning", "StageFailed", f"stage {name} failed: {message}", name))
+        else:
+            events.append(Event("Normal", f"Stage{state}", f"stage {name}: {state.lower()}", name))
+    return events
 
 
 def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: ExperimentSpec, config: OperatorConfig,
