@@ -5,8 +5,10 @@ A test kubelet plays the nodes: it marks Jobs succeeded or failed, or holds them
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,24 @@ async def test_api_conflicts_and_transient_errors_are_retried(tmp_path):
         assert not c.api.faults, "every fault was hit"
         stages = [stage_of(j) for j in c.jobs("small")]
         assert sorted(stages) == sorted(set(stages))
+
+
+async def test_an_operator_killed_again_and_again_never_makes_a_job_twice(tmp_path):
+    manifest = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
+    manifest["spec"]["artifacts"] = f"file://{tmp_path}/store"
+    seen: dict[str, float] = {}
+
+    def slow(job: dict[str, Any]) -> str:
+        first = seen.setdefault(job["metadata"]["uid"], time.monotonic())
+        return "succeed" if time.monotonic() - first > 0.4 else "hold"
+
+    async with cluster(tmp_path) as c, Kubelet(c.api, slow):
+        await c.apply(manifest)
+        for _ in range(4):
+            await asyncio.sleep(1.0)
+            await c.stop_operator(kill=True)
+            await c.start_operator()
+        await c.wait_phase("mini", "Succeeded", 120)
+        stages = [stage_of(j) for j in c.jobs("mini")]
+        assert sorted(stages) == sorted(set(stages)) and len(stages) == 25
+        assert c.starts == 5
