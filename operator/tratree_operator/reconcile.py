@@ -31,7 +31,6 @@ from tratree_operator.jobs import (
 )
 
 DONE = ("Succeeded", "Cached")
-CONDITIONS = ("SpecValid", "Progressing", "Succeeded", "Failed", "StoreReachable")
 
 
 @dataclass
