@@ -43,7 +43,7 @@ async def run(count: int) -> dict[str, float]:
         base["spec"]["artifacts"] = f"file://{tmp}/store"
         async with cluster(Path(tmp), config={"resyncSeconds": 30}) as c, Kubelet(c.api, always("succeed"), poll=0.01):
             await asyncio.sleep(3)  # the operator is up and watching
-            before = len(c.api._requests)
+            before = len(c.operator_requests())
             t0 = time.monotonic()
             for i in range(count):
                 m = copy.deepcopy(base)
@@ -53,11 +53,8 @@ async def run(count: int) -> dict[str, float]:
             await c.wait(lambda: all(c.status(n).get("phase") == "Succeeded" for n in names), 1800,
                          "every experiment to succeed")
             elapsed = time.monotonic() - t0
-            requests = c.api._requests[before:]
-            operator_requests = [r for r in requests if r.resource is not None and
-                                 r.headers.get("User-Agent", "").lower().find("kmock") < 0]
-            by_verb = collections.Counter(str(r.action.value if r.action else r.method).lower()
-                                          for r in operator_requests)
+            operator_requests = c.operator_requests()[before:]
+            by_verb = collections.Counter(r.action.value.lower() for r in operator_requests)
             rss = peak_rss_mib(c.operator.pid)
             jobs = len(c.jobs())
     return {"experiments": count, "jobs": jobs, "seconds": elapsed, "requests": len(operator_requests),

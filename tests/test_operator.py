@@ -68,6 +68,7 @@ async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
             for dep in s.inputs:
                 assert finished.index(dep) < finished.index(s.name), f"{s.name} ran before {dep}"
         assert all(e["state"] == "Succeeded" for e in status["stages"].values())
+        assert "kopf" not in status  # kopf's bookkeeping stays in annotations: a real apiserver would prune it
         assert status["observedGeneration"] == 1
         conds = {x["type"]: x["status"] for x in status["conditions"]}
         assert conds["SpecValid"] == conds["Succeeded"] == "True" and conds["Failed"] == "False"

@@ -125,7 +125,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, *args):
-        pass
+        """Quiet: the test output is not the server's access log."""
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ operator restart costs nothing but a late line.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tratree.crd import PLURAL, VERSION
@@ -26,11 +28,8 @@ def _api() -> tuple[Any, str]:
     namespace = "default"
     try:
         config.load_incluster_config()
-        try:
-            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
-                namespace = fh.read().strip() or namespace
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a Pod without its service account's namespace file
+            namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip() or namespace
     except config.ConfigException:
         try:
             config.load_kube_config()

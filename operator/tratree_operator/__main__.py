@@ -15,7 +15,8 @@ import sys
 
 import kopf
 
-from tratree_operator import handlers, metrics
+import tratree_operator.handlers  # noqa: F401 - importing registers the kopf handlers
+from tratree_operator import metrics
 from tratree_operator.config import ConfigError, load_config
 from tratree_operator.controller import Controller
 from tratree_operator.kube import Kube, load_client_config
@@ -56,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         memo = kopf.Memo(controller=Controller(Kube(), config, concurrency=args.concurrency))
-        settings = kopf.OperatorSettings()
-        handlers.configure(settings)
         await kopf.operator(
-            settings=settings,
             memo=memo,
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,

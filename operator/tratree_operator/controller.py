@@ -19,11 +19,11 @@ from typing import Any
 from tratree.artifacts import S3Store, Store, StoreError, open_store
 from tratree.pipeline import plan
 from tratree.run import done_manifests
-from tratree.spec import API_VERSION, KIND, SpecError, parse_experiment
+from tratree.spec import SpecError
 from tratree_operator import metrics
 from tratree_operator.config import OperatorConfig
 from tratree_operator.kube import Conflict, Kube
-from tratree_operator.reconcile import Decision, Observed, merge_patch, parse_time, reconcile
+from tratree_operator.reconcile import Decision, Observed, experiment_of, merge_patch, parse_time, reconcile
 
 log = logging.getLogger("tratree_operator")
 Key = tuple[str, str]  # namespace, name
@@ -55,8 +55,7 @@ class StoreReader:
     def read(self, body: dict[str, Any]) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None]:
         """(manifests by stage, results) of the experiment; (None, None) when the store cannot be read."""
         try:
-            exp = parse_experiment({"apiVersion": API_VERSION, "kind": KIND,
-                                    "metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
+            exp = experiment_of(body)
         except SpecError:
             return {}, None
         uri = exp.spec.artifacts

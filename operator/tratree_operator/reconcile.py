@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tratree.pipeline import W2SG_METHODS, Stage, fingerprints, plan
-from tratree.spec import API_VERSION, KIND, ExperimentSpec, SpecError, parse_experiment
+from tratree.spec import API_VERSION, KIND, Experiment, ExperimentSpec, SpecError, parse_experiment
 from tratree_operator.config import OperatorConfig
 from tratree_operator.jobs import (
     ANNOTATION_KEY,
@@ -170,6 +170,13 @@ def _results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None, str |
     return table, best, sft
 
 
+def experiment_of(body: dict[str, Any]) -> Experiment:
+    """The experiment a W2SGExperiment object describes; SpecError naming the field when invalid."""
+    meta = body["metadata"]
+    return parse_experiment({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": meta["name"]},
+                             "spec": body.get("spec")}, source=f"{KIND} {meta.get('namespace')}/{meta['name']}")
+
+
 def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     """What to do about one experiment, given what is observed now."""
     body = observed.body
@@ -179,8 +186,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     now_t = observed.now
     now = timestamp(now_t)
     try:
-        exp = parse_experiment({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": meta["name"]},
-                                "spec": body.get("spec")}, source=f"{KIND} {meta.get('namespace')}/{meta['name']}")
+        exp = experiment_of(body)
     except SpecError as err:
         return _invalid(observed, old, str(err))
     spec = exp.spec
@@ -207,22 +213,9 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         decision.delete += [j.name for j in jobs_of.get(stage.name, [])
                             if j.key != key and j.outcome == "Running" and not j.deleting]
         current = max(mine, key=lambda j: j.attempt) if mine else None
-        manifest = (observed.manifests or {}).get(stage.name)
-        if entry["state"] in DONE:
-            pass
-        elif current is not None:
-            _from_job(entry, current, stage, spec, config, now_t, wants)
-        elif manifest is not None:
-            entry["state"] = "Succeeded" if entry["state"] == "Running" else "Cached"
-            entry["finishTime"] = entry.get("finishTime") or now
-        elif entry["state"] == "Failed":
-            pass  # its last Job is gone (TTL), the verdict stands
-        elif entry["state"] == "Running" and entry.get("job"):
-            # the Job it ran in is gone before it finished: someone deleted it
-            wants[stage.name] = _Want(max(1, entry["attempts"]), "JobRecreated")
-            entry["state"] = "Pending"
-        else:
-            wants[stage.name] = _Want(entry["attempts"] + 1, "StageRetried" if entry["attempts"] else "StageStarted")
+        want = _settle(entry, current, (observed.manifests or {}).get(stage.name), stage, spec, config, now_t)
+        if want is not None:
+            wants[stage.name] = want
         entries[stage.name] = entry
     # Jobs of stages a spec edit removed from the graph
     for stage_name, views in jobs_of.items():
@@ -299,31 +292,55 @@ def _transitions(old_stages: dict[str, dict[str, Any]], entries: dict[str, dict[
     return events
 
 
+def _settle(entry: dict[str, Any], job: JobView | None, manifest: dict[str, Any] | None, stage: Stage,
+            spec: ExperimentSpec, config: OperatorConfig, now: dt.datetime) -> _Want | None:
+    """Bring the stage's entry up to what is observed; the Job it needs next, if any.
+
+    A finished stage stays finished. Otherwise its newest Job decides; without one, the store
+    (Cached, or Succeeded if its Job is gone); a Failed verdict stands when its Job is gone
+    (ttlSecondsAfterFinished); a Running stage whose Job vanished gets it again; the rest wait.
+    """
+    state = entry["state"]
+    if state in DONE:
+        return None
+    if job is not None:
+        return _from_job(entry, job, stage, spec, config, now)
+    if manifest is not None:
+        entry["state"] = "Succeeded" if state == "Running" else "Cached"
+        entry["finishTime"] = entry.get("finishTime") or timestamp(now)
+        return None
+    if state == "Failed":
+        return None
+    if state == "Running" and entry.get("job"):
+        entry["state"] = "Pending"
+        return _Want(max(1, entry["attempts"]), "JobRecreated")
+    return _Want(entry["attempts"] + 1, "StageRetried" if entry["attempts"] else "StageStarted")
+
+
 def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: ExperimentSpec, config: OperatorConfig,
-              now: dt.datetime, wants: dict[str, _Want]) -> None:
+              now: dt.datetime) -> _Want | None:
     """The stage's state from its newest Job; a failed one is retried while the policy allows."""
     entry["attempts"] = max(entry["attempts"], job.attempt)
     entry["job"] = job.name
     entry["startTime"] = job.start or entry.get("startTime") or timestamp(now)
     if job.outcome == "Running":
         entry["state"] = "Running"
-        return
+        return None
     entry["finishTime"] = job.finish or timestamp(now)
     if job.outcome == "Succeeded":
         entry["state"] = "Succeeded"
         entry.pop("message", None)
-        return
+        return None
     retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
     message = f"attempt {job.attempt} of {retries + 1}: {job.message}"
-    if job.attempt <= retries:
-        failed_at = parse_time(job.finish) or now
-        delay = config.backoff(job.attempt)
-        entry["state"] = "Pending"
-        entry["message"] = f"{message}; retrying"
-        wants[stage.name] = _Want(job.attempt + 1, "StageRetried", failed_at + dt.timedelta(seconds=delay))
-    else:
+    if job.attempt > retries:
         entry["state"] = "Failed"
         entry["message"] = message
+        return None
+    entry["state"] = "Pending"
+    entry["message"] = f"{message}; retrying"
+    failed_at = parse_time(job.finish) or now
+    return _Want(job.attempt + 1, "StageRetried", failed_at + dt.timedelta(seconds=config.backoff(job.attempt)))
 
 
 def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stages: list[Stage],

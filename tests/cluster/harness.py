@@ -62,18 +62,18 @@ class Cluster:
             await self.operator.wait()
         self.operator = None
 
+    def operator_requests(self) -> list[Any]:
+        """Object requests the operator sent (not discovery, not this harness's own)."""
+        return [r for r in self.api._requests
+                if r.resource is not None and r.resource.plural and r.action is not None
+                and "kmock" not in r.headers.get("User-Agent", "").lower()]
+
     def operator_calls(self) -> set[tuple[str, str, str]]:
         """(API group, resource[/subresource], RBAC verb) of every request the operator sent."""
         verbs = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
                  "DELETE": "delete"}
-        calls = set()
-        for r in self.api._requests:
-            if r.resource is None or not r.resource.plural or r.action is None or \
-                    "kmock" in r.headers.get("User-Agent", "").lower():  # discovery needs no RBAC
-                continue
-            resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
-            calls.add((r.resource.group or "", resource, verbs[r.action.name]))
-        return calls
+        return {(r.resource.group or "", r.resource.plural + (f"/{r.subresource}" if r.subresource else ""),
+                 verbs[r.action.name]) for r in self.operator_requests()}
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -60,4 +60,4 @@ class OpenAIBackend:
             return list(pool.map(self._post, requests))
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every request opens and closes its own connection."""
