@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
 
-.PHONY: setup demo test lint bench crds clean
+.PHONY: setup cluster demo test lint bench crds clean
 
 setup: $(STAMP)
 
-# torch first and pinned: 2.13.0 is a CPU build on this machine's disk; anything else
-# would pull a multi-GB CUDA build. Then everything else at the versions known to work.
+# torch first and pinned: PyPI serves 2.13.0 as its CUDA build (several GB with the nvidia-* wheels;
+# it runs on the CPU too). Measured on this 2-core machine: about 4 minutes for the whole setup.
+# Then everything else at the versions known to work.
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -18,10 +19,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip check
 	touch $@
 
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd for the tests, built from
+# the Go module proxy at the release pinned in cluster/go.mod and cached under ~/.cache/tratree
+# (cold: about 12 minutes on 2 cores; warm: instant)
+cluster:
+	bash cluster/build.sh
+
 demo: setup
 	$(BIN)/tratree run examples/quickstart.yaml
 
-test: setup
+test: setup cluster
 	$(BIN)/python -m pytest
 
 lint: setup

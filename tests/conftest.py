@@ -111,3 +111,16 @@ def s3_env(s3_server, monkeypatch):
     bucket = f"tratree-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return bucket
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """The real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on
+    loopback with one node agent; built from the Go module proxy on first use (``make cluster``)."""
+    from tests.cluster.controlplane import control_plane
+    from tests.cluster.node import NodeAgent
+
+    folder = tmp_path_factory.mktemp("kube")
+    with control_plane(folder) as cp, NodeAgent(cp, folder / "node") as node:
+        cp.node = node
+        yield cp

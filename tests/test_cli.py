@@ -114,6 +114,19 @@ def test_flag_values_are_checked(cli, tmp_path, traj_file):
         assert r.returncode == 2 and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+def test_non_finite_numbers_are_bad_input_everywhere(cli, tmp_path, traj_file, value):
+    for args in (["pairs", str(traj_file), "-o", "x", f"--min-gap={value}"],
+                 ["mcts", str(traj_file), "-o", "x", f"--exploration={value}"],
+                 ["tree", "build", str(traj_file), "-o", "x", f"--similarity={value}"],
+                 ["compare", str(traj_file), "--baseline", str(traj_file), f"--max-drop={value}"],
+                 ["submit", str(traj_file), "--wait", f"--timeout={value}"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and "finite" in r.stderr and not (tmp_path / "x").exists(), (args, r.stderr)
+    r = cli("submit", str(traj_file), "--wait", "--poll", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "below 0.1 s" in r.stderr
+
+
 def test_import_eto(cli, tmp_path):
     src = tmp_path / "eto.json"
     src.write_text(json.dumps([conversation("1", ["Thought: t\nAction: search[a]"], [], reward=0.5)]))

@@ -80,7 +80,7 @@ def test_random_actions_earn_partial_credit_and_fail():
 @pytest.fixture(scope="module")
 def sciworld(monkeypatch_module):
     monkeypatch_module.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m")
-    env = make_env(EnvironmentSpec(name="scienceworld", tasks=["find-living-thing", "lifespan-longest-lived"],
+    env = make_env(EnvironmentSpec(name="scienceworld", tasks=["find-living-thing", "lifespan-longest-lived"], game_params="easy",
                                    max_steps=40))
     yield env
     env.close()
@@ -104,6 +104,59 @@ def test_scienceworld_gold_replays_to_full_score(sciworld, task):
         out = sciworld.step(action)
         assert 0.0 <= out.score <= 1.0
     assert out.score == 1.0 and out.success
+
+
+@pytest.mark.slow
+def test_scienceworld_runs_with_etos_simplifications_and_keeps_the_best_score(sciworld):
+    task_id = sciworld.tasks("train")["lifespan-longest-lived"][0]
+    gold = sciworld.gold_actions(task_id)
+    start = sciworld.reset(task_id)
+    # as the prompt says: doors and containers are open from the start
+    assert "(that is open)" in start.observation and "closed" not in start.observation
+    for action in gold[:4]:  # to the animals outside: partial credit
+        out = sciworld.step(action)
+    assert 0.0 < out.score < 1.0 and not out.done
+    partial = out.score
+    out = sciworld.step("focus on air")  # the wrong thing: ScienceWorld ends the task at -100
+    assert out.done and not out.success and out.score == partial  # the best score reached stands
+
+
+def test_simplifications_leave_electrical_actions_to_the_circuit_tasks():
+    from tratree.envs.scienceworld import simplifications_for
+
+    assert "noElectricalAction" in simplifications_for("boil", "easy").split(",")
+    assert "openContainers" in simplifications_for("boil", "").split(",")
+    assert "noElectricalAction" not in simplifications_for("power-component", "easy").split(",")
+    assert simplifications_for("boil", "openDoors") == "openDoors"
+
+
+@pytest.mark.parametrize(("env", "eto_id", "expected"), [
+    ("scienceworld", "18_9", "chemistry-mix-paint-secondary-color/train/9"),
+    ("scienceworld", "28_3", "mendelian-genetics-known-plant/train/3"),
+    ("scienceworld", "0_12", "boil/train/12"),
+    ("webshop", "1600", "webshop/train/1600"),
+    ("webshop", "7", "webshop/test/7"),
+    ("alfworld", "41", "alfworld/train/41"),
+    ("textworldexpress", "cookingworld/train/3", "cookingworld/train/3"),
+])
+def test_eto_ids_map_to_the_environments_task_ids(env, eto_id, expected):
+    from tratree.envs.eto_ids import environment_task_id
+
+    assert environment_task_id(env, eto_id, "train") == expected
+
+
+def test_etos_scienceworld_task_names_are_scienceworlds():
+    from scienceworld.constants import ID2TASK
+
+    from tratree.envs.eto_ids import ETO_SCIWORLD_TASKS, sciworld_task_name
+
+    known = set(ID2TASK.values())
+    assert {sciworld_task_name(n) for n in ETO_SCIWORLD_TASKS} <= known
+    assert sciworld_task_name("task-5-chemistry-mix-paint-(secondary-color)") == "chemistry-mix-paint-secondary-color"
+    with pytest.raises(ValueError, match="not an ETO ScienceWorld id"):
+        from tratree.envs.eto_ids import environment_task_id
+
+        environment_task_id("scienceworld", "5_1", "train")  # number 5 is unused in ETO's table
 
 
 @pytest.mark.slow

@@ -35,19 +35,19 @@ class Interrupting:
         return self.inner.generate(requests)
 
 
-def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend):
+def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend, tiny_weak_dir):
     spec = small_spec()
     out = tmp_path / "explored.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        explore(spec, Interrupting(backend, after=9), out, limit=4)
+        explore(spec, Interrupting(backend, after=9), out, model=str(tiny_weak_dir), limit=4)
     partial = tmp_path / "explored.jsonl.partial"
     assert not out.exists() and partial.exists()
-    first = read_jsonl(partial, Trajectory)
+    first = [Trajectory.model_validate_json(x) for x in partial.read_text().splitlines()[1:]]
     assert 0 < len(first) < 12
     # a line cut off by the interruption is dropped on resume
     with partial.open("a") as fh:
         fh.write('{"task_id": "cookingworld/tr')
-    trajs = explore(spec, backend, out, limit=4)
+    trajs = explore(spec, backend, out, model=str(tiny_weak_dir), limit=4)
     assert not partial.exists()
     assert len(trajs) == 12 == len(read_jsonl(out, Trajectory))
     keys = [(t.task_id, t.meta["sample"]) for t in trajs]
@@ -64,14 +64,60 @@ def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend):
         assert t.meta["unparsed_replies"] <= len(t.steps)
 
 
-def test_evaluation_metrics_and_best_of_n(tmp_path, backend):
+def test_evaluation_metrics_and_best_of_n(tmp_path, backend, tiny_weak_dir):
     spec = small_spec(environment={"testTasks": 3})
-    result = evaluate(spec, backend, tmp_path / "ev.jsonl")
+    result = evaluate(spec, backend, tmp_path / "ev.jsonl", model=str(tiny_weak_dir))
     assert result["split"] == "test" and result["tasks"] == 3 and result["episodes"] == 3
     assert all(k.startswith("cookingworld/test/") for k in result["per_task"]) and len(result["per_task"]) == 3
     assert 0 <= result["average_reward"] <= 100 and 0 <= result["success_rate"] <= 100
-    best = evaluate(spec, backend, tmp_path / "bon.jsonl", best_of=2)
+    best = evaluate(spec, backend, tmp_path / "bon.jsonl", model=str(tiny_weak_dir), best_of=2)
     assert best["episodes"] == 6 and best["best_of"] == 2 and best["tasks"] == 3
+
+
+def _partial_count(path):
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["partial"] == 1  # the header binding the file to its model and settings
+    return len(lines) - 1
+
+
+@pytest.mark.parametrize("run", ["explore", "evaluate"])
+def test_a_resume_never_mixes_episodes_of_another_model_or_setting(tmp_path, backend, tiny_weak_dir, capfd, run):
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_weak_dir, other)
+    spec = small_spec(environment={"testTasks": 4})
+    out = tmp_path / "episodes.jsonl"
+    partial = tmp_path / "episodes.jsonl.partial"
+
+    def go(model, inner, **kw):
+        if run == "explore":
+            return explore(kw.pop("spec", spec), inner, out, model=str(model), limit=4)
+        return evaluate(kw.pop("spec", spec), inner, out, model=str(model), best_of=3)
+
+    with pytest.raises(KeyboardInterrupt):
+        go(tiny_weak_dir, Interrupting(backend, after=9))
+    kept = _partial_count(partial)
+    assert kept > 0
+    # the same model and settings: what was done is kept
+    with pytest.raises(KeyboardInterrupt):
+        go(tiny_weak_dir, Interrupting(backend, after=0))
+    assert _partial_count(partial) == kept
+    # another model: nothing of the first is used, and the user is told
+    capfd.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        go(other, Interrupting(backend, after=0))
+    assert _partial_count(partial) == 0
+    assert "made by another model or other settings; starting afresh" in capfd.readouterr().err
+    # other sampling settings under the same model: those episodes are redone too
+    with pytest.raises(KeyboardInterrupt):
+        go(other, Interrupting(backend, after=9))
+    assert _partial_count(partial) > 0
+    hotter = small_spec(environment={"testTasks": 4}, exploration={"sampling": [{"temperature": 1.3}]},
+                        evaluation={"bestOfNSampling": {"temperature": 1.3}})
+    with pytest.raises(KeyboardInterrupt):
+        go(other, Interrupting(backend, after=0), spec=hotter)
+    assert _partial_count(partial) == 0
 
 
 def test_metrics_take_the_best_episode_per_task():

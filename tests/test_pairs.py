@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_traj
 from tests.strategies import trajectories
-from tratree.pairs import random_pairs, tree_pairs
+from tratree.pairs import pairs_of_trees, random_pairs, tree_pairs
 from tratree.tree import build_trees
 
 
@@ -26,6 +27,17 @@ def brute_force_count(tree, gap):
     return n
 
 
+def key_of(steps):
+    return [(s.observation, s.action) for s in steps]
+
+
+def mean_score_of(trajs, seq, whole):
+    """Mean score of the trajectories that took exactly ``seq`` (whole) or start with it."""
+    hits = [t.score for t in trajs if (key_of(t.steps) == seq if whole else key_of(t.steps)[: len(seq)] == seq)]
+    assert hits, "a pair names a sequence no explored trajectory took"
+    return sum(hits) / len(hits)
+
+
 def test_pairs_of_a_small_tree():
     tree, = build_trees([
         make_traj("t", ["open", "take", "cook"], 1.0),
@@ -39,8 +51,9 @@ def test_pairs_of_a_small_tree():
     by_node = {p.node: p for p in pairs}
     root = by_node[0]
     assert root.prefix == [] and root.chosen[0].action == "go" and root.rejected[0].action == "open"
-    # the rejected continuation runs to a leaf along the best values: open > take > cook
-    assert [s.action for s in root.rejected] == ["open", "take", "cook"]
+    # the rejected continuation is the worst trajectory under 'open', never its best (open > take > cook)
+    assert [s.action for s in root.rejected] == ["open", "take", "go"]
+    assert (root.chosen_value, root.rejected_value) == (0.5, 0.0)
     deep = by_node[2]
     assert [s.action for s in deep.prefix] == ["open", "take"]
     assert (deep.chosen[0].action, deep.rejected[0].action) == ("cook", "go")
@@ -48,6 +61,32 @@ def test_pairs_of_a_small_tree():
     first = tree_pairs(tree, continuation="first-step")
     assert all(len(p.chosen) == len(p.rejected) == 1 for p in first)
     assert [s.action for s in by_node[1].chosen] == ["take", "cook"]
+    assert [s.action for s in by_node[1].rejected] == ["go"]
+
+
+def test_the_rejected_side_is_never_the_best_path_of_the_tree():
+    # a->b scores 0.6 twice; c->d 1.0; c->e 0.0. 'a' (0.6) beats 'c' (0.5) at the root, but the
+    # rejected side under 'c' must be the failure c->e, not c->d (the path MCTS returns as e*).
+    trajs = [make_traj("t", ["a", "b"], 0.6), make_traj("t", ["a", "b"], 0.6),
+             make_traj("t", ["c", "d"], 1.0), make_traj("t", ["c", "e"], 0.0)]
+    tree, = build_trees(trajs)
+    root = next(p for p in tree_pairs(tree) if p.node == 0)
+    assert [s.action for s in root.chosen] == ["a", "b"]
+    assert [s.action for s in root.rejected] == ["c", "e"]
+    assert (root.chosen_value, root.rejected_value) == (0.6, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trajs=trajectories(tasks=1, max_size=14), gap=st.sampled_from([0.0, 0.1, 0.3]),
+       continuation=st.sampled_from(["leaf", "first-step"]))
+def test_the_trajectories_behind_chosen_score_higher_than_those_behind_rejected(trajs, gap, continuation):
+    tree, = build_trees(trajs)
+    for p in tree_pairs(tree, gap, continuation):
+        whole = continuation == "leaf"
+        good = mean_score_of(trajs, key_of(p.prefix) + key_of(p.chosen), whole)
+        bad = mean_score_of(trajs, key_of(p.prefix) + key_of(p.rejected), whole)
+        assert good > bad
+        assert abs(good - p.chosen_value) < 1e-9 and abs(bad - p.rejected_value) < 1e-9
 
 
 def test_min_gap_and_cap():
@@ -72,40 +111,50 @@ def test_every_pair_is_a_divergence_with_the_gap_and_a_shared_prefix(trajs, gap,
     pairs = tree_pairs(tree, gap, continuation)
     assert len(pairs) == brute_force_count(tree, gap)
     for p in pairs:
-        assert p.chosen_value - p.rejected_value > gap
+        assert p.chosen_value > p.rejected_value
         v = p.node
         assert len(tree.children[v]) >= 2
         assert step_tuple(p.prefix) == step_tuple(tree.steps(tree.path_to(v)))
         # chosen and rejected start at two different children of the divergence point
-        kids = [(tree.observation[c], tree.thought[c], tree.action[c]) for c in tree.children[v]]
-        assert step_tuple(p.chosen[:1])[0] in kids and step_tuple(p.rejected[:1])[0] in kids
+        kids = {(tree.observation[c], tree.thought[c], tree.action[c]): c for c in tree.children[v]}
+        good, bad = kids[step_tuple(p.chosen[:1])[0]], kids[step_tuple(p.rejected[:1])[0]]
+        assert tree.value(good) - tree.value(bad) > gap  # labelled by the children's values
         assert p.chosen[0] is not p.rejected[0]
         if continuation == "leaf":
-            # both continuations end at leaves of the tree: the full sequences are root paths
+            # both continuations end where an explored trajectory ended
+            ended = {tuple(step_tuple(tree.steps(tree.path_to(v)))) for v in range(1, len(tree)) if tree.ends[v]}
             for cont in (p.chosen, p.rejected):
-                full = step_tuple(p.prefix) + step_tuple(cont)
-                leaf_paths = {
-                    tuple(step_tuple(tree.steps(tree.path_to(leaf))))
-                    for leaf in range(1, len(tree)) if not tree.children[leaf]
-                }
-                assert tuple(full) in leaf_paths
+                assert tuple(step_tuple(p.prefix) + step_tuple(cont)) in ended
 
 
 @settings(max_examples=150, deadline=None)
-@given(trajs=trajectories(tasks=1, max_size=14), seed=st.integers(0, 5))
-def test_random_pairs_are_whole_trajectories_with_different_scores(trajs, seed):
+@given(trajs=trajectories(tasks=1, max_size=14), seed=st.integers(0, 5), count=st.integers(0, 8),
+       gap=st.sampled_from([0.0, 0.2]))
+def test_random_pairs_are_whole_trajectories_with_different_scores(trajs, seed, count, gap):
     tree, = build_trees(trajs)
-    pairs = random_pairs(tree, random.Random(seed))
-    assert pairs == random_pairs(tree, random.Random(seed))  # seeded
-    used = []
+    pairs = random_pairs(tree, random.Random(seed), count, gap)
+    assert pairs == random_pairs(tree, random.Random(seed), count, gap)  # seeded
     # a whole trajectory, as the tree keeps it: the first trajectory's thoughts on merged nodes
-    whole = {tuple(step_tuple(tree.steps(tree.path_to(v)))) for v in range(1, len(tree)) if tree.ends[v]}
+    ends = [v for v in range(1, len(tree)) if tree.ends[v]]
+    whole = {tuple(step_tuple(tree.steps(tree.path_to(v)))) for v in ends}
+    used = set()
     for p in pairs:
         assert p.prefix == [] and p.kind == "random"
-        assert p.chosen_value > p.rejected_value
+        assert p.chosen_value - p.rejected_value > gap
         assert tuple(step_tuple(p.chosen)) in whole and tuple(step_tuple(p.rejected)) in whole
-        used += [tuple(step_tuple(p.chosen)), tuple(step_tuple(p.rejected))]
-    assert len(used) == len(set(used))  # each trajectory in at most one pair
-    distinct_scores = {round(tree.end_total[v] / tree.ends[v], 12) for v in range(1, len(tree)) if tree.ends[v]}
-    if len(distinct_scores) >= 2:
-        assert pairs
+        used.add(frozenset([tuple(step_tuple(p.chosen)), tuple(step_tuple(p.rejected))]))
+    assert len(used) == len(pairs)  # no pair twice
+    possible = sum(abs(tree.end_value(a) - tree.end_value(b)) > gap for i, a in enumerate(ends) for b in ends[i + 1 :])
+    assert len(pairs) == min(count, possible)
+
+
+@settings(max_examples=100, deadline=None)
+@given(trajs=trajectories(tasks=3, max_size=20), gap=st.sampled_from([0.0, 0.2]))
+def test_random_pairs_match_treedpo_pair_counts_per_task(trajs, gap):
+    trees = build_trees(trajs)
+    tree_counts = Counter(p.task_id for p in pairs_of_trees(trees, "tree", gap))
+    random_counts = Counter(p.task_id for p in pairs_of_trees(trees, "random", gap, seed=3))
+    for tree in trees:
+        ends = [v for v in range(1, len(tree)) if tree.ends[v]]
+        possible = sum(abs(tree.end_value(a) - tree.end_value(b)) > gap for i, a in enumerate(ends) for b in ends[i + 1 :])
+        assert random_counts[tree.task_id] == min(tree_counts[tree.task_id], possible)

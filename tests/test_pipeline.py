@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from tratree.artifacts import open_store
+from tratree.artifacts import StoreError, open_store
 from tratree.pipeline import plan, select
 from tratree.run import run_pipeline, run_stage
 from tratree.spec import load_experiment, parse_experiment, spec_to_manifest
@@ -102,7 +102,7 @@ def test_crash_mid_stage_then_resume_gives_the_same_outputs(tmp_path, full_run, 
     monkeypatch.setattr(episodes, "run_episodes", real)
     explore_dir = tmp_path / reference["explore"].manifest["prefix"]
     assert not (explore_dir / "manifest.json").exists()  # not committed
-    assert len((explore_dir / "trajectories.jsonl.partial").read_text().splitlines()) == 4
+    assert len((explore_dir / "trajectories.jsonl.partial").read_text().splitlines()) == 1 + 4  # header + 4
     resumed = {o.stage: o for o in run_pipeline(mini.spec, store, only=["trees"])}
     for name in ("expert", "sft-weak", "explore", "trees"):
         assert resumed[name].manifest["digest"] == reference[name].manifest["digest"], name
@@ -119,6 +119,18 @@ def test_s3_store_gives_the_same_digests(full_run, mini, s3_env):
     assert "paths.jsonl" in manifest["files"]
     # one stage on its own, as a Job runs it: cached now
     assert run_stage(mini.spec, "trees", store).status == "cached"
+    # one byte flipped in S3, same size: found by its sha256, never used; the stage runs again
+    prefix = outcomes["trees"].manifest["prefix"]
+    key = f"runs/mini/{prefix}/trees.jsonl"
+    body = s3.client.get_object(Bucket=s3_env, Key=key)["Body"].read()
+    flipped = body.replace(b'"visits":', b'"visitz":', 1)
+    assert len(flipped) == len(body) and flipped != body
+    s3.client.put_object(Bucket=s3_env, Key=key, Body=flipped)
+    with pytest.raises(StoreError, match="does not match its manifest"):
+        s3.read_verified(prefix, outcomes["trees"].manifest, "trees.jsonl")
+    again = statuses(run_pipeline(mini.spec, store, only=["mcts"]))
+    assert again["trees"] == "done" and again["explore"] == "cached" and again["mcts"] == "cached"
+    assert s3.client.get_object(Bucket=s3_env, Key=key)["Body"].read() == body
 
 
 def test_stage_command_needs_its_inputs(cli, tmp_path):

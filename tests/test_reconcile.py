@@ -163,7 +163,9 @@ def test_stages_done_in_the_store_are_cached_without_a_job():
     w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
     d = w.step()
     assert w.stage("expert")["state"] == "Cached" and w.stage("tokenizer")["state"] == "Cached"
-    assert [j["metadata"]["labels"][LABEL_STAGE] for j in d.create if j["kind"] == "Job"] == ["sft-weak"]
+    # TreeDPO starts from the strong model's SFT: both SFTs wait only for the expert data and the tokenizer
+    assert [j["metadata"]["labels"][LABEL_STAGE] for j in d.create if j["kind"] == "Job"] == ["sft-weak",
+                                                                                             "sft-strong-s0"]
     assert d.status["artifacts"]["expert"] == "s3://bucket/exp/stages/expert/k"
     assert {"StageCached", "StageStarted"} <= {e.reason for e in d.events}
 

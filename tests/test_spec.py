@@ -78,6 +78,9 @@ def test_unknown_field_is_rejected_naming_its_path(tmp_path):
         ("training: {sft: {batchSize: 30, microBatchSize: 4}}", r"spec\.training\.sft: batchSize must be a multiple"),
         ("kubernetes: {stages: {sft: {memory: lots}}}", r"spec\.kubernetes\.stages\.sft\.memory"),
         ("policy: {backend: openai}", r"spec\.policy: backend 'openai' needs an endpoint"),
+        ("training: {sft: {epochs: .inf}}", r"spec\.training\.sft\.epochs: Input should be a finite number"),
+        ("mcts: {exploration: .nan}", r"spec\.mcts\.exploration: Input should be a finite number"),
+        ("treeDpo: {minScoreGap: .nan}", r"spec\.treeDpo\.minScoreGap"),
     ],
 )
 def test_out_of_range_values_are_rejected_naming_the_field(tmp_path, patch, where):

@@ -115,6 +115,16 @@ def test_compare_names_a_bad_file(tmp_path, cli):
     assert r.returncode == 2 and "m: no average reward" in r.stderr
 
 
+@pytest.mark.parametrize("reward", ["1e999", "-1e999", "NaN", "Infinity", "150.0", "-3"])
+def test_compare_refuses_rewards_that_are_not_numbers_in_range(tmp_path, cli, reward):
+    base = write(tmp_path, "base.json", report(**{"sft-strong": 50.0}))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"sft-strong": {"averageReward": ' + reward + '}}')
+    r = cli("compare", str(bad), "--baseline", base)
+    assert r.returncode == 2 and "bad.json" in r.stderr and "not a number" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_the_ci_workflow_example_runs_commands_that_exist():
     import shlex
 

@@ -3,8 +3,10 @@
 A stage's outputs live under ``stages/<stage>/<cache-key>/``. The stage is done when its
 ``manifest.json`` exists: it lists every file with size and sha256, the spec slice, the input
 digests, the code version and timings, and it is written after every file. A stage that died
-mid-write has no manifest and runs again. Files are checked against the manifest when read, so
-a corrupted artifact is found, never silently used.
+mid-write has no manifest and runs again. Files are checked against the manifest's sha256 when a
+stage is found done and when read, so a corrupted artifact is found, never silently used (on S3
+the ETag recorded at commit stands in for the sha256 while it is unchanged; any other object is
+downloaded and hashed).
 
 S3 endpoint, region and credentials come from the standard AWS variables
 (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ...); boto3's transfer manager
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -103,23 +106,34 @@ class Store(ABC):
         files = scan_dir(local_dir)
         for name in files:
             self.upload(local_dir / name, f"{prefix}/{name}")
+            files[name].update(self.stamp(f"{prefix}/{name}"))
         manifest = {"format": MANIFEST_FORMAT, **meta, "files": files, "digest": digest_files(files)}
         self.write_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode())
         return manifest
 
+    def stamp(self, key: str) -> dict[str, Any]:
+        """What the store itself says of an object just written, kept in the manifest to verify it cheaply."""
+        return {}
+
     def verify(self, prefix: str, manifest: dict[str, Any]) -> None:
-        """Check every file against the manifest (sizes, and sha256 where readable in place)."""
+        """Check every file against its size and sha256 in the manifest; StoreError naming the first that differs."""
         for name, info in manifest["files"].items():
-            local = self.local_path(f"{prefix}/{name}")
-            if local is not None:
-                if not local.is_file() or local.stat().st_size != info["size"] or sha256_file(local) != info["sha256"]:
-                    raise StoreError(f"{self.url(prefix + '/' + name)}: does not match its manifest")
-            elif self.size(f"{prefix}/{name}") != info["size"]:
+            if not self.matches(f"{prefix}/{name}", info):
                 raise StoreError(f"{self.url(prefix + '/' + name)}: does not match its manifest")
 
-    def size(self, key: str) -> int | None:
-        data = self.read_bytes(key)
-        return None if data is None else len(data)
+    def matches(self, key: str, info: dict[str, Any]) -> bool:
+        """Whether the object has the manifest's size and sha256."""
+        local = self.local_path(key)
+        assert local is not None, "stores that cannot read in place override matches()"
+        return local.is_file() and local.stat().st_size == info["size"] and sha256_file(local) == info["sha256"]
+
+    def read_verified(self, prefix: str, manifest: dict[str, Any], name: str) -> bytes:
+        """A stage file's bytes, checked against the manifest's sha256; StoreError when they differ."""
+        info = manifest["files"].get(name)
+        data = self.read_bytes(f"{prefix}/{name}")
+        if info is None or data is None or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise StoreError(f"{self.url(prefix + '/' + name)}: missing, or does not match its manifest")
+        return data
 
     def fetch(self, prefix: str, manifest: dict[str, Any], into: Path) -> Path:
         """A local directory holding the stage's files, checked against their sha256."""
@@ -227,9 +241,26 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
-    def size(self, key: str) -> int | None:
-        resp = self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
-        return None if resp is None else int(resp["ContentLength"])
+    def _head(self, key: str) -> dict[str, Any] | None:
+        return self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+
+    def stamp(self, key: str) -> dict[str, Any]:
+        head = self._head(key)
+        return {"etag": head["ETag"]} if head and head.get("ETag") else {}
+
+    def matches(self, key: str, info: dict[str, Any]) -> bool:
+        """Size, then S3's own content digest (ETag) as recorded at commit; when the ETag differs or was
+        not recorded (the object was rewritten, or copied between buckets), the object is downloaded
+        and its sha256 compared, so a same-size corruption is always found."""
+        head = self._head(key)
+        if head is None or int(head["ContentLength"]) != info["size"]:
+            return False
+        if info.get("etag") and head.get("ETag") == info["etag"]:
+            return True
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "object"
+            self.download(key, local)
+            return sha256_file(local) == info["sha256"]
 
 
 def open_store(uri: str) -> Store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -107,16 +108,10 @@ def cmd_tree_render(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from tratree.pairs import random_pairs, tree_pairs
-    from tratree.tree import task_rng
+    from tratree.pairs import pairs_of_trees
 
     trees = _read_trajectories_or_trees(args.trees)
-    out = []
-    for tree in trees:
-        if args.mode == "tree":
-            out.extend(tree_pairs(tree, args.min_gap, args.continuation, args.max_pairs_per_tree))
-        else:
-            out.extend(random_pairs(tree, task_rng(args.seed, tree.task_id), args.max_pairs_per_tree))
+    out = list(pairs_of_trees(trees, args.mode, args.min_gap, args.continuation, args.max_pairs_per_tree, args.seed))
     _write_lines(args.output, (p.model_dump_json() for p in out))
     print(f"{len(out)} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
 
@@ -195,8 +190,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     if report is not None:
         from tratree.artifacts import open_store
 
-        text = open_store(store).read_bytes(f"{report.manifest['prefix']}/results.md")
-        print(text.decode() if text else "", file=sys.stderr)
+        text = open_store(store).read_verified(report.manifest["prefix"], report.manifest, "results.md")
+        print(text.decode(), file=sys.stderr)
         console.print(f"report: {open_store(store).url(report.manifest['prefix'])}/")
 
 
@@ -223,7 +218,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
     from tratree.explore import explore
 
     exp = _experiment(args.experiment)
-    trajs = explore(exp.spec, _backend(exp, args.model), args.output, args.policy_name, args.limit)
+    trajs = explore(exp.spec, _backend(exp, args.model), args.output, model=args.model, policy=args.policy_name,
+                    limit=args.limit)
     ok = sum(t.success for t in trajs)
     print(f"{len(trajs)} trajectories ({ok} successful) -> {args.output}", file=sys.stderr)
 
@@ -237,7 +233,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     exp = _experiment(args.experiment)
     out = Path(args.output)
     trajs = args.trajectories or str(out.with_name(out.stem + ".trajectories.jsonl"))
-    result = evaluate(exp.spec, _backend(exp, args.model), trajs, args.split, args.limit, args.best_of)
+    result = evaluate(exp.spec, _backend(exp, args.model), trajs, model=args.model, split=args.split,
+                      limit=args.limit, best_of=args.best_of)
     result["model"] = args.model
     dump_json(out, result)
     print(f"{result['split']}: average reward {result['average_reward']:.1f}, success rate "
@@ -358,17 +355,41 @@ def _write_lines(path: str, lines) -> None:
             fh.write("\n")
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def _unit_float(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def _poll_interval(text: str) -> float:
+    value = _finite(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"{text} is below 0.1 s: the API server is not polled faster")
     return value
 
 
@@ -472,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", "--namespace", help="default: the manifest's, else the kubeconfig context's")
     sp.add_argument("--name", help="metadata.name to use instead of the file's (unique names for CI runs)")
     sp.add_argument("--wait", action="store_true", help="stream stage transitions; exit 0 Succeeded, 1 Failed")
-    sp.add_argument("--timeout", type=_non_negative_float, default=86400.0, help="seconds --wait waits (exit 2 after)")
-    sp.add_argument("--poll", type=_non_negative_float, default=2.0, help="seconds between reads of the resource")
+    sp.add_argument("--timeout", type=_positive_float, default=86400.0, help="seconds --wait waits (exit 2 after)")
+    sp.add_argument("--poll", type=_poll_interval, default=2.0, help="seconds between reads of the resource (>= 0.1)")
     sp.add_argument("-o", "--output", help="with --wait: write the results table here (JSON)")
 
     sp = add(sub, "compare", cmd_compare, "exit 1 when a method's average reward falls more than --max-drop")
@@ -501,11 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tratree.pipeline import UnknownStage
     from tratree.run import StageNotReady
     from tratree.spec import SpecError
+    from tratree.stages import StageError
 
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage) as err:
+    except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage,
+            StageError) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

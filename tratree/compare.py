@@ -9,6 +9,7 @@ or a whole W2SGExperiment object as JSON. Rewards are ×100, as in the paper's t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,27 @@ def _reward(path: str, method: str, row: Any) -> float:
             value = row["average_reward"].get("mean")
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ResultsError(f"{path}: {method}: no average reward")
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        raise ResultsError(f"{path}: {method}: average reward {value!r} is not a number in [0, 100]")
     return float(value)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def load_results(path: str | Path) -> dict[str, float]:
     """Average reward per method from any of the accepted layouts."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), parse_constant=_no_constant)
     except OSError as err:
         raise ResultsError(f"{path}: cannot read: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}:{err.lineno}: not JSON: {err.msg}") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not UTF-8 text") from None
+    except ValueError as err:
+        raise ResultsError(f"{path}: {err}") from None
     if isinstance(data, dict) and isinstance(data.get("status"), dict):
         data = data["status"].get("results")
     if isinstance(data, dict) and isinstance(data.get("methods"), dict):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +27,48 @@ def episode_key(meta: dict, task_id: str) -> tuple[str, int]:
     return task_id, int(meta.get("sample", 0))
 
 
-def _read_partial(path: Path) -> list[Trajectory]:
-    """The complete records of a partial file; a line cut off by an interruption is dropped."""
-    done = []
+def model_fingerprint(model: str) -> str:
+    """What identifies a model's weights cheaply: for a local directory its resolved path and every
+    file's name, size and modification time (a model retrained in place differs); else the reference."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    h = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def run_binding(spec: ExperimentSpec, model: str) -> str:
+    """A digest of what produced a run's episodes besides their own sampling settings: the model,
+    the environment and the policy's generation settings. A partial file is resumed only under it."""
+    blob = json.dumps({
+        "model": model_fingerprint(model),
+        "environment": spec.environment.model_dump(mode="json"),
+        "policy": spec.policy.model_dump(mode="json", include={"backend", "endpoint", "max_new_tokens"}),
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_partial(path: Path, binding: str) -> tuple[list[Trajectory], str | None]:
+    """The complete records of a partial file made under ``binding``, and why it was not used.
+
+    A line cut off by an interruption is dropped; a file made under another binding (another
+    model, environment or generation settings) is not used at all.
+    """
+    done: list[Trajectory] = []
     if not path.exists():
-        return done
+        return done, None
     with path.open("rb") as fh:
+        header = fh.readline()
+        try:
+            made_under = json.loads(header).get("binding") if header.endswith(b"\n") else None
+        except (json.JSONDecodeError, AttributeError):
+            made_under = None
+        if made_under != binding:
+            return done, f"{path} was made by another model or other settings; starting afresh"
         for line in fh:
             if not line.endswith(b"\n"):
                 break
@@ -38,7 +76,12 @@ def _read_partial(path: Path) -> list[Trajectory]:
                 done.append(Trajectory.model_validate_json(line))
             except ValueError:
                 break
-    return done
+    return done, None
+
+
+def _same_sampling(traj: Trajectory, ep: Episode) -> bool:
+    meta = traj.meta
+    return (meta.get("temperature"), meta.get("top_p"), meta.get("seed")) == (ep.temperature, ep.top_p, ep.seed)
 
 
 def run_to_file(
@@ -47,21 +90,34 @@ def run_to_file(
     episodes: list[Episode],
     out: str | Path,
     description: str,
+    model: str,
     on_trajectory: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """Run episodes, streaming finished trajectories to ``OUT.partial``; resume from it if present.
 
-    When all are done the trajectories are written to ``out`` in episode order (atomically)
-    and the partial file is removed.
+    The partial file starts with a header binding it to ``model`` and the spec's environment and
+    generation settings, and each kept trajectory must have its episode's sampling settings and
+    seed, so a resume never mixes episodes of another model or setting into the output. When all
+    are done the trajectories are written to ``out`` in episode order (atomically) and the
+    partial file is removed.
     """
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    done = _read_partial(partial)
+    binding = run_binding(spec, model)
+    found, refused = _read_partial(partial, binding)
+    if refused:
+        print(f"tratree: warning: {refused}", file=sys.stderr)
+    wanted = {(ep.task_id, ep.meta.get("sample", 0)): ep for ep in episodes}
+    done = []
+    for t in found:
+        ep = wanted.get(episode_key(t.meta, t.task_id))
+        if ep is not None and _same_sampling(t, ep):
+            done.append(t)
     keys = {episode_key(t.meta, t.task_id) for t in done}
     todo = [ep for ep in episodes if (ep.task_id, ep.meta.get("sample", 0)) not in keys]
     out.parent.mkdir(parents=True, exist_ok=True)
-    # rewrite without any cut-off tail before appending
-    write_jsonl(partial, done)
+    # rewrite without any cut-off tail or foreign record before appending
+    write_jsonl(partial, [{"partial": 1, "binding": binding, "model": model}, *done])
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with contextlib.ExitStack() as stack:

@@ -36,10 +36,28 @@ def gold_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | N
                              meta={"policy": "expert"})
 
 
+def with_environment_ids(trajs: list[Trajectory], env: str, split: str, source: str) -> list[Trajectory]:
+    """ETO-imported trajectories under the environment's task ids (ETO's id kept in meta.eto_id)."""
+    from tratree.envs.eto_ids import environment_task_id
+    from tratree.formats import FormatError
+
+    out = []
+    for t in trajs:
+        try:
+            task_id = environment_task_id(env, t.task_id, split)
+        except ValueError as err:
+            raise FormatError(f"{source}: {err}") from None
+        out.append(t.model_copy(update={"task_id": task_id, "meta": {**t.meta, "eto_id": t.task_id}}))
+    return out
+
+
 def expert_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[Trajectory]:
     """D_expert as the spec says: gold runs of the environment, or the file it names."""
     if spec.expert.source == "file":
         assert spec.expert.path is not None
-        trajs = read_eto(spec.expert.path) if spec.expert.format == "eto" else read_jsonl(spec.expert.path, Trajectory)
+        if spec.expert.format == "eto":
+            trajs = with_environment_ids(read_eto(spec.expert.path), spec.environment.name, split, spec.expert.path)
+        else:
+            trajs = read_jsonl(spec.expert.path, Trajectory)
         return trajs if limit is None else trajs[:limit]
     return list(gold_trajectories(spec, split, limit))

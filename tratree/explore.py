@@ -31,11 +31,12 @@ def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, sa
     return out
 
 
-def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, policy: str = "sft-weak",
+def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, *, model: str, policy: str = "sft-weak",
             limit: int | None = None, samples: int | None = None) -> list[Trajectory]:
-    """Explore the training tasks and write the trajectories to ``out`` (resumable)."""
+    """Explore the training tasks with ``backend`` (serving ``model``) and write the trajectories to
+    ``out``; an interrupted run resumes only under the same model and settings."""
     tasks = split_tasks(spec, "train", limit)
-    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring")
+    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring", model)
 
 
 def best_per_task(trajectories: list[Trajectory]) -> list[Trajectory]:

@@ -211,8 +211,14 @@ def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             i += 1
         return i
 
+    counted = [0, 1]  # (position, line there): lines are counted forward only, so the whole read is linear
+
     def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
+        pos, line = counted
+        if i < pos:
+            return text.count("\n", 0, i) + 1
+        counted[:] = [i, line + text.count("\n", pos, i)]
+        return counted[1]
 
     i = skip(0)
     if i >= n or text[i] != "[":

@@ -7,32 +7,38 @@ Pure and torch-free.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from tratree.formats import Pair, Step, Trajectory
-from tratree.tree import Tree
+from tratree.tree import Tree, task_rng
 
 Continuation = Literal["leaf", "first-step"]
+PairMode = Literal["tree", "random"]
 
 
-def tree_pairs(
-    tree: Tree,
+def pairs_of_trees(
+    trees: Iterable[Tree],
+    mode: PairMode = "tree",
     min_gap: float = 0.0,
     continuation: Continuation = "leaf",
     max_pairs: int | None = None,
-) -> list[Pair]:
-    """TreeDPO pairs of one tree.
+    seed: int = 0,
+) -> Iterator[Pair]:
+    """The pairs of many trees, tree by tree: TreeDPO pairs, or as many random pairs per task
+    as TreeDPO gives it (seeded per task, so the result does not depend on the trees' order)."""
+    for tree in trees:
+        if mode == "tree":
+            yield from tree_pairs(tree, min_gap, continuation, max_pairs)
+        else:
+            yield from random_pairs(tree, task_rng(seed, tree.task_id), count_tree_pairs(tree, min_gap, max_pairs),
+                                    min_gap)
 
-    At every divergence point (a node, the root included, with >= 2 children), each
-    unordered pair of children whose values differ by more than ``min_gap`` gives one
-    pair: the shared prefix h (root to the divergence point), the better child's
-    continuation as chosen and the worse one's as rejected. A continuation is the child
-    followed by the best-valued path below it (``leaf``) or the child alone
-    (``first-step``). ``max_pairs`` keeps the pairs with the widest value gaps.
-    """
-    kids = tree.children
-    found: list[tuple[float, int, int, int]] = []  # (gap, node, chosen, rejected)
-    for v, cs in enumerate(kids):
+
+def _divergences(tree: Tree, min_gap: float, max_pairs: int | None) -> list[tuple[float, int, int, int]]:
+    """(gap, divergence node, better child, worse child) of every sibling pair wider than ``min_gap``."""
+    found: list[tuple[float, int, int, int]] = []
+    for v, cs in enumerate(tree.children):
         if len(cs) < 2:
             continue
         vals = [tree.value(c) for c in cs]
@@ -47,9 +53,40 @@ def tree_pairs(
         # widest gaps first; ties keep tree order, so the cap is deterministic
         order = sorted(range(len(found)), key=lambda k: (-found[k][0], k))[:max_pairs]
         found = [found[k] for k in sorted(order)]
+    return found
+
+
+def count_tree_pairs(tree: Tree, min_gap: float = 0.0, max_pairs: int | None = None) -> int:
+    """How many TreeDPO pairs ``tree_pairs`` gives for this tree with these settings."""
+    return len(_divergences(tree, min_gap, max_pairs))
+
+
+def tree_pairs(
+    tree: Tree,
+    min_gap: float = 0.0,
+    continuation: Continuation = "leaf",
+    max_pairs: int | None = None,
+) -> list[Pair]:
+    """TreeDPO pairs of one tree.
+
+    At every divergence point (a node, the root included, with >= 2 children), each
+    unordered pair of children whose values differ by more than ``min_gap`` gives one
+    pair: the shared prefix h (root to the divergence point), the better child's
+    continuation as chosen and the worse one's as rejected. ``max_pairs`` keeps the pairs
+    with the widest value gaps.
+
+    With ``leaf``, the chosen continuation runs from the better child to the end of its
+    best-scoring explored trajectory and the rejected one from the worse child to the end
+    of its worst-scoring one, so the rejected side is a real failure under the worse branch
+    and never the best path of the tree. Since best >= value(better) > value(worse) >= worst,
+    the trajectories that took prefix+chosen always scored higher than those that took
+    prefix+rejected; ``chosen_value``/``rejected_value`` are those trajectories' mean scores.
+    With ``first-step`` each side is the child alone and the values are the children's.
+    """
+    found = _divergences(tree, min_gap, max_pairs)
     # Steps and best descents are shared by many pairs: build each once.
     step_cache: dict[int, Step] = {}
-    descent_cache: dict[int, list[int]] = {}
+    descent_cache: dict[tuple[int, bool], list[int]] = {}
 
     def steps(nodes: list[int]) -> list[Step]:
         out = []
@@ -60,13 +97,16 @@ def tree_pairs(
             out.append(s)
         return out
 
-    def cont(child: int) -> list[int]:
+    def cont(child: int, best: bool) -> list[int]:
         if continuation == "first-step":
             return [child]
-        d = descent_cache.get(child)
+        d = descent_cache.get((child, best))
         if d is None:
-            d = descent_cache[child] = tree.best_descent(child)
+            d = descent_cache[(child, best)] = tree.extreme_end(child, best)
         return d
+
+    def value(nodes: list[int]) -> float:
+        return tree.value(nodes[0]) if continuation == "first-step" else tree.end_value(nodes[-1])
 
     prefixes: dict[int, list[Step]] = {}
     out = []
@@ -74,15 +114,16 @@ def tree_pairs(
         prefix = prefixes.get(v)
         if prefix is None:
             prefix = prefixes[v] = steps(tree.path_to(v))
+        chosen, rejected = cont(good, True), cont(bad, False)
         out.append(
             Pair.model_construct(
                 task_id=tree.task_id,
                 instruction=tree.instruction,
                 prefix=prefix,
-                chosen=steps(cont(good)),
-                rejected=steps(cont(bad)),
-                chosen_value=tree.value(good),
-                rejected_value=tree.value(bad),
+                chosen=steps(chosen),
+                rejected=steps(rejected),
+                chosen_value=value(chosen),
+                rejected_value=value(rejected),
                 kind="tree",
                 node=v,
             )
@@ -90,41 +131,44 @@ def tree_pairs(
     return out
 
 
-def random_pairs(tree: Tree, rng: random.Random, max_pairs: int | None = None) -> list[Pair]:
-    """Random pairs of whole trajectories of the tree's task with different scores (Table 5).
+def random_pairs(tree: Tree, rng: random.Random, count: int, min_gap: float = 0.0) -> list[Pair]:
+    """Random pairs of whole explored trajectories of the tree's task (the baseline of Table 5).
 
-    Each distinct trajectory (a root-to-end path; its score is the mean of the episodes
-    that ended there) is used in at most one pair: the trajectories are shuffled and each
-    is matched with the first unmatched one of a different score.
+    The rule that keeps the baseline comparable with TreeDPO: ``count`` pairs per task (the
+    number of TreeDPO pairs the same tree gives), drawn uniformly without replacement from all
+    unordered pairs of distinct trajectories (root-to-end paths; a path's score is the mean of
+    the episodes that ended there) whose scores differ by more than ``min_gap``; fewer when
+    fewer such pairs exist. Each pair is two whole trajectories from the root (empty prefix),
+    labelled by score, with no regard to where they diverge.
     """
     ends = [v for v in range(1, len(tree)) if tree.ends[v]]
-    rng.shuffle(ends)
-    score = {v: tree.end_total[v] / tree.ends[v] for v in ends}
-    waiting: list[int] = []
-    matched: list[tuple[int, int]] = []
-    for v in ends:
-        partner = next((u for u in waiting if score[u] != score[v]), None)
-        if partner is None:
-            waiting.append(v)
-            continue
-        waiting.remove(partner)
-        matched.append((v, partner) if score[v] > score[partner] else (partner, v))
-        if max_pairs is not None and len(matched) >= max_pairs:
-            break
-    return [
-        Pair.model_construct(
-            task_id=tree.task_id,
-            instruction=tree.instruction,
-            prefix=[],
-            chosen=tree.steps(tree.path_to(good)),
-            rejected=tree.steps(tree.path_to(bad)),
-            chosen_value=score[good],
-            rejected_value=score[bad],
-            kind="random",
-            node=None,
-        )
-        for good, bad in matched
-    ]
+    score = {v: tree.end_value(v) for v in ends}
+    picked: list[tuple[int, int]] = []
+    if count > 0 and len(ends) >= 2:
+        total = len(ends) * (len(ends) - 1) // 2
+        if total <= max(4 * count, 50_000):
+            candidates = [(a, b) for i, a in enumerate(ends) for b in ends[i + 1 :] if abs(score[a] - score[b]) > min_gap]
+            picked = rng.sample(candidates, min(count, len(candidates)))
+        else:
+            # too many trajectories to list every pair: draw pairs until enough distinct ones
+            seen: set[tuple[int, int]] = set()
+            for _ in range(20 * count):
+                a, b = rng.sample(ends, 2)
+                key = (min(a, b), max(a, b))
+                if key not in seen and abs(score[a] - score[b]) > min_gap:
+                    seen.add(key)
+                    picked.append(key)
+                    if len(picked) == count:
+                        break
+    out = []
+    for a, b in picked:
+        good, bad = (a, b) if score[a] > score[b] else (b, a)
+        out.append(Pair.model_construct(
+            task_id=tree.task_id, instruction=tree.instruction, prefix=[],
+            chosen=tree.steps(tree.path_to(good)), rejected=tree.steps(tree.path_to(bad)),
+            chosen_value=score[good], rejected_value=score[bad], kind="random", node=None,
+        ))
+    return out
 
 
 def expert_pairs(expert: list[Trajectory], explored: list[Trajectory], mode: Literal["eto", "ceiling"]) -> list[Pair]:

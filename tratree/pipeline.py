@@ -123,7 +123,8 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     dpo = _dump(spec.training.dpo)
     for seed in spec.seeds:
         base = f"sft-strong-s{seed}"
-        if methods & {"sft-strong", "best-of-n", "eto", "ceiling"}:
+        dpo_from_sft = bool(methods & {"w2s-treedpo", "w2s-random-dpo"}) and spec.tree_dpo.init == "sft-strong"
+        if methods & {"sft-strong", "best-of-n", "eto", "ceiling"} or dpo_from_sft:
             sft(base, "expert", seed, "expert")
         if "sft-strong" in methods:
             evaluate("sft-strong", base, seed)
@@ -132,7 +133,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         if "w2s-mcts" in methods:
             evaluate("w2s-mcts", sft(f"w2s-mcts-s{seed}", "mcts", seed, "mcts"), seed)
         if methods & {"w2s-treedpo", "w2s-random-dpo"}:
-            init = sft(f"w2s-init-s{seed}", "best-explored", seed, "explore")
+            init = base if dpo_from_sft else sft(f"w2s-init-s{seed}", "best-explored", seed, "explore")
             ref = ("sft-weak",) if spec.tree_dpo.reference == "weak-sft" else ()
             for method, pairs in (("w2s-treedpo", "pairs"), ("w2s-random-dpo", "random-pairs")):
                 if method in methods:

@@ -63,6 +63,7 @@ class SpecModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         validate_default=True,
+        allow_inf_nan=False,  # NaN and infinity are bad input in every number of a spec
     )
 
 
@@ -223,6 +224,11 @@ class TreeDPOSpec(SpecModel):
     reference: Literal["weak-sft", "initial"] = Field(
         "weak-sft", description="DPO reference: the weak SFT model (paper) or the policy's start."
     )
+    init: Literal["sft-strong", "best-explored"] = Field(
+        "sft-strong",
+        description="DPO's starting policy: the strong model's SFT on the expert data (paper, '+SFT -> +TreeDPO') "
+        "or an SFT of the strong model on the weak model's best explored trajectory per task.",
+    )
     min_score_gap: float = Field(0.0, ge=0, lt=1)
     continuation: Literal["leaf", "first-step"] = "leaf"
     max_pairs_per_tree: int | None = Field(None, ge=1)
@@ -247,7 +253,7 @@ class EvaluationSpec(SpecModel):
 
     temperature: float = Field(0.0, ge=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
-    best_of_n: int = Field(4, ge=2, le=256)
+    best_of_n: int = Field(8, ge=2, le=256, description="N of best-of-N (paper: 8).")
     best_of_n_sampling: BestOfNSampling = Field(default_factory=BestOfNSampling)
 
 

@@ -197,22 +197,34 @@ class Tree:
         """The execution steps of a sequence of nodes."""
         return [self.step(v) for v in nodes]
 
-    def best_child(self, v: int) -> int:
-        """The child of v with the highest value (ties: more visits, then earlier); -1 at a leaf."""
-        best, key = -1, None
-        for c in self.children[v]:
-            k = (self.value(c), self.visits[c], -c)
-            if key is None or k > key:
-                best, key = c, k
-        return best
+    def end_value(self, v: int) -> float:
+        """Mean score of the trajectories that end exactly at node v (0 when none does)."""
+        n = self.ends[v]
+        return self.end_total[v] / n if n else 0.0
 
-    def best_descent(self, v: int) -> list[int]:
-        """v followed by the best-valued path below it, down to a leaf."""
-        out = [v]
-        c = self.best_child(v)
-        while c >= 0:
-            out.append(c)
-            c = self.best_child(c)
+    def extreme_end(self, v: int, best: bool) -> list[int]:
+        """v and the path below it to the end of an explored trajectory: the best-scoring one
+        (``best``) or the worst. Ties: the end more trajectories reached, then the earlier node.
+
+        Unlike a greedy descent by node values, the result is a real trajectory's ending whose
+        score bounds v's value: best >= value(v) >= worst.
+        """
+        kids = self.children
+        sign = 1.0 if best else -1.0
+        pick, key = v, None
+        stack = [v]
+        while stack:
+            u = stack.pop()
+            if self.ends[u]:
+                k = (sign * self.end_value(u), self.ends[u], -u)
+                if key is None or k > key:
+                    pick, key = u, k
+            stack.extend(kids[u])
+        out = [pick]
+        while pick != v:
+            pick = self.parent[pick]
+            out.append(pick)
+        out.reverse()
         return out
 
     def stats(self) -> TreeStats:

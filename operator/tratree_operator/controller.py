@@ -77,9 +77,8 @@ class StoreReader:
             if report is not None:
                 url = store.url(f"{report['prefix']}/results.json")
                 if url not in self._results:
-                    data = store.read_bytes(f"{report['prefix']}/results.json")
-                    if data is not None:
-                        self._results[url] = json.loads(data)
+                    data = store.read_verified(report["prefix"], report, "results.json")
+                    self._results[url] = json.loads(data)
                 results = self._results.get(url)
             return manifests, results
         except (StoreError, ValueError) as err:

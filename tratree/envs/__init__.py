@@ -22,7 +22,7 @@ def make_env(spec: EnvironmentSpec) -> Environment:
     if spec.name == "scienceworld":
         from tratree.envs.scienceworld import ScienceWorld
 
-        return ScienceWorld(spec.tasks, spec.game_params, limit)
+        return ScienceWorld(spec.tasks, spec.game_params)
     if spec.name == "alfworld":
         from tratree.envs.alfworld import ALFWorld
 

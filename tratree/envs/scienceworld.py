@@ -1,11 +1,28 @@
-"""ScienceWorld (PyPI ``scienceworld``), the paper's environment: G(e) = max(score, 0) / 100."""
+"""ScienceWorld (PyPI ``scienceworld``), the paper's environment, run as ETO ran it.
+
+An episode's G(e) is the best score it reached, / 100 (ETO keeps the highest score, so a fatal
+last action does not erase partial credit). The simplifications are ETO's: teleporting, open
+doors and containers, self-watering pots and no electrical actions (kept for the electrical
+tasks, which need them); scienceworld 1.2's "easy" leaves containers closed, so they are
+spelled out. ScienceWorld's own move limit is set far above any episode's: tratree ends
+episodes at the spec's step limit, and gold runs play to their end.
+"""
 
 from __future__ import annotations
 
 from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, jvm_options, split_task_id
 
-# The paper's agents may teleport and find containers open: ScienceWorld's "easy" simplifications.
-DEFAULT_SIMPLIFICATIONS = "easy"
+ETO_SIMPLIFICATIONS = ("teleportAction", "openDoors", "openContainers", "selfWateringFlowerPots", "noElectricalAction")
+MOVE_LIMIT = 100_000
+
+
+def simplifications_for(task: str, wanted: str) -> str:
+    """The simplification string to load ``task`` with: ETO's set for "" or "easy", else ``wanted``;
+    ScienceWorld refuses noElectricalAction for the tasks about circuits."""
+    names = list(ETO_SIMPLIFICATIONS) if wanted in ("", "easy") else [n for n in wanted.split(",") if n]
+    if "power-component" in task or "conductivity" in task:
+        names = [n for n in names if n != "noElectricalAction"]
+    return ",".join(names)
 
 
 class ScienceWorld:
@@ -13,27 +30,26 @@ class ScienceWorld:
 
     name = "scienceworld"
 
-    def __init__(
-        self, task_names: list[str], simplifications: str = "", step_limit: int = 100, heap: str = "1g"
-    ) -> None:
+    def __init__(self, task_names: list[str], simplifications: str = "", heap: str = "1g") -> None:
         try:
             from scienceworld import ScienceWorldEnv
         except ImportError as err:
             raise EnvironmentUnavailable("ScienceWorld needs `pip install scienceworld` and Java 17") from err
         with jvm_options(heap):
-            self._env = ScienceWorldEnv("", envStepLimit=step_limit)
+            self._env = ScienceWorldEnv("", envStepLimit=MOVE_LIMIT)
         known = list(self._env.get_task_names())
         unknown = [t for t in task_names if t not in known]
         if unknown:
             self._env.close()
             raise ValueError(f"unknown ScienceWorld task {unknown[0]!r} (known: {', '.join(known)})")
         self.task_names = list(task_names) or known
-        self.simplifications = simplifications or DEFAULT_SIMPLIFICATIONS
+        self.simplifications = simplifications
         self._loaded: tuple[str, int, bool] | None = None
+        self._best = 0.0
 
     def _load(self, task: str, variation: int, gold: bool) -> None:
         if self._loaded != (task, variation, gold):
-            self._env.load(task, variation, self.simplifications, generateGoldPath=gold)
+            self._env.load(task, variation, simplifications_for(task, self.simplifications), generateGoldPath=gold)
             self._loaded = (task, variation, gold)
 
     def tasks(self, split: Split) -> dict[str, list[str]]:
@@ -53,6 +69,7 @@ class ScienceWorld:
         if task not in self.task_names:
             raise ValueError(f"task {task_id!r}: {task!r} is not in this experiment's tasks")
         self._load(task, int(variation), gold)
+        self._best = 0.0
         return self._env.reset()
 
     def reset(self, task_id: str) -> Reset:
@@ -61,13 +78,8 @@ class ScienceWorld:
 
     def step(self, action: str) -> Outcome:
         obs, _, done, info = self._env.step(action)
-        score = info["score"]
-        return Outcome(
-            observation=obs.strip(),
-            score=max(float(score), 0.0) / 100.0,
-            done=bool(done),
-            success=score >= 100,
-        )
+        self._best = max(self._best, float(info["score"]) / 100.0)
+        return Outcome(observation=obs.strip(), score=self._best, done=bool(done), success=self._best >= 1.0)
 
     def gold_actions(self, task_id: str) -> list[str]:
         self._start(task_id, gold=True)

@@ -1,6 +1,7 @@
 """WebShop, where the user installed its ``web_agent_site`` package and product data.
 
-Goals follow WebShop's own split: 0-499 test, 500-1499 dev, the rest train.
+The environment runs on WebShop's human-written goals (``human_goals=True``), as the paper and
+ETO do; goals follow WebShop's own split of that list: 0-499 test, 500-1499 dev, the rest train.
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, cla
 
 SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (1500, 12087)}
 _DATA_FILES = ("items_shuffle.json", "items_ins_v2.json")
+
+
+def split_of(index: int) -> str:
+    """The split a human goal's index belongs to."""
+    for split, (lo, hi) in SPLITS.items():
+        if lo <= index < hi:
+            return split
+    raise ValueError(f"goal {index} is outside WebShop's {SPLITS['train'][1]} human goals")
 
 
 def check_data(data_path: str | None) -> Path:
@@ -38,7 +47,8 @@ class WebShop:
             import web_agent_site.envs  # noqa: F401  (registers WebAgentTextEnv-v0)
         except ImportError as err:
             raise EnvironmentUnavailable("WebShop's `web_agent_site` package is not installed") from err
-        self._env = gym.make("WebAgentTextEnv-v0", observation_mode="text", num_products=num_products)
+        self._env = gym.make("WebAgentTextEnv-v0", observation_mode="text", num_products=num_products,
+                             human_goals=True)
         self._instruction = ""
 
     def tasks(self, split: Split) -> dict[str, list[str]]:

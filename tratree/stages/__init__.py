@@ -12,6 +12,10 @@ from tratree.pipeline import Stage
 from tratree.spec import ExperimentSpec
 
 
+class StageError(RuntimeError):
+    """A stage whose inputs cannot give a meaningful output (nothing to train on, say); one line."""
+
+
 @dataclass
 class StageContext:
     """What a stage's code gets: the spec, its stage, its inputs' directories and its output directory."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from tratree.formats import Trajectory, read_jsonl, write_jsonl
-from tratree.stages import StageContext
+from tratree.stages import StageContext, StageError
 
 TRAJECTORIES = "trajectories.jsonl"
 
@@ -15,6 +16,11 @@ def expert(ctx: StageContext) -> dict[str, Any]:
     from tratree.expert import expert_trajectories
 
     trajs = expert_trajectories(ctx.spec, "train")
+    if not trajs:
+        env = ctx.spec.environment
+        where = ctx.spec.expert.path if ctx.spec.expert.source == "file" else (
+            f"environment {env.name}, tasks {env.tasks}, gameParams {env.game_params!r}")
+        raise StageError(f"expert: no expert trajectories from {where}")
     write_jsonl(ctx.out / TRAJECTORIES, trajs)
     return {"trajectories": len(trajs), "full_score": sum(t.score >= 1.0 for t in trajs)}
 
@@ -25,8 +31,10 @@ def explore(ctx: StageContext) -> dict[str, Any]:
 
     (model_dir,) = ctx.inputs.values()
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, ctx.stage.params["policy_name"],
+    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, model=str(model_dir), policy=ctx.stage.params["policy_name"],
                 samples=ctx.stage.params["samples"])
+    if not trajs:
+        raise StageError(f"{ctx.stage.name}: no episodes: the environment has no training tasks for this spec")
     return {"trajectories": len(trajs), "successes": sum(t.success for t in trajs),
             "mean_score": sum(t.score for t in trajs) / max(1, len(trajs))}
 
@@ -50,18 +58,17 @@ def trees(ctx: StageContext) -> dict[str, Any]:
 
 
 def pairs(ctx: StageContext) -> dict[str, Any]:
-    from tratree.pairs import random_pairs, tree_pairs
-    from tratree.tree import read_trees, task_rng
+    from tratree.pairs import pairs_of_trees
+    from tratree.tree import read_trees
 
     cfg = ctx.spec.tree_dpo
-    out = []
-    for tree in read_trees(ctx.input("trees") / "trees.jsonl"):
-        if ctx.stage.params["mode"] == "tree":
-            out.extend(tree_pairs(tree, cfg.min_score_gap, cfg.continuation, cfg.max_pairs_per_tree))
-        else:
-            out.extend(random_pairs(tree, task_rng(cfg.seed, tree.task_id), cfg.max_pairs_per_tree))
+    out = list(pairs_of_trees(read_trees(ctx.input("trees") / "trees.jsonl"), ctx.stage.params["mode"],
+                              cfg.min_score_gap, cfg.continuation, cfg.max_pairs_per_tree, cfg.seed))
     write_jsonl(ctx.out / "pairs.jsonl", out)
-    return {"pairs": len(out)}
+    if not out:
+        print(f"tratree: warning: {ctx.stage.name}: the trees gave no preference pairs (no divergence point with a "
+              f"value gap above {cfg.min_score_gap}); DPO will return its initial policy unchanged", file=sys.stderr)
+    return {"pairs": len(out), "tasks": len({p.task_id for p in out})}
 
 
 def mcts(ctx: StageContext) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tratree.stages import StageContext
+from tratree.stages.train import TRAINING
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
@@ -14,7 +15,11 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
 
     (model_dir,) = ctx.inputs.values()
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", best_of=ctx.stage.params["best_of"])
+    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", model=str(model_dir),
+                 best_of=ctx.stage.params["best_of"])
     result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
+    training = model_dir / TRAINING
+    if training.is_file():
+        result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples")}
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
     return {k: result[k] for k in ("average_reward", "success_rate", "tasks", "method", "seed")}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 from tratree.formats import Pair, PathRecord, Trajectory, read_jsonl
-from tratree.stages import StageContext
+from tratree.stages import StageContext, StageError
 from tratree.stages.data import TRAJECTORIES
+
+TRAINING = "training.json"
 
 
 def tokenizer(ctx: StageContext) -> dict[str, Any]:
@@ -48,9 +52,12 @@ def sft(ctx: StageContext) -> dict[str, Any]:
     seed = ctx.stage.params["seed"]
     model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), seed, model_spec.dtype)
     trajs = _sft_data(ctx)
+    if not trajs:
+        raise StageError(f"{ctx.stage.name}: no {ctx.stage.params['data']} trajectories to train on "
+                         f"(its input {ctx.stage.inputs[0]} is empty)")
     training = TrainingSpec.model_validate(ctx.stage.params["training"])
     result = train_sft(model, tok, trajs, ctx.spec.environment.name, training, ctx.out, model_spec.lora, seed)
-    return {k: v for k, v in result.items() if k != "losses"} | {"losses": result["losses"][-20:]}
+    return _record(ctx, {k: v for k, v in result.items() if k != "losses"} | {"losses": result["losses"][-20:]})
 
 
 def dpo(ctx: StageContext) -> dict[str, Any]:
@@ -58,27 +65,40 @@ def dpo(ctx: StageContext) -> dict[str, Any]:
     from tratree.train.models import load_causal_lm
 
     names = list(ctx.inputs)
-    policy_dir = ctx.inputs[names[0]]
-    model, tok = load_causal_lm(str(policy_dir), trainable=True)
-    ref_model = ref_tok = None
-    if "sft-weak" in ctx.inputs:
-        ref_model, ref_tok = load_causal_lm(str(ctx.input("sft-weak")))
-    if "pairs" in ctx.stage.params:
+    mode = ctx.stage.params.get("pairs")
+    if mode:
         from tratree.pairs import expert_pairs
 
         expert = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
         own = read_jsonl(ctx.input_of("strong-explore") / TRAJECTORIES, Trajectory)
-        pairs = expert_pairs(expert, own, ctx.stage.params["pairs"])
+        pairs = expert_pairs(expert, own, mode)
+        if not pairs:
+            shared = len({t.task_id for t in expert} & {t.task_id for t in own})
+            hint = (f" (expert ids look like {expert[0].task_id!r}, explored ones like {own[0].task_id!r})"
+                    if expert and own and not shared else "")
+            raise StageError(f"{ctx.stage.name}: no {mode} pairs: {len(expert)} expert and {len(own)} explored "
+                             f"trajectories share {shared} task ids{hint}")
     else:
-        pairs_dir = ctx.inputs[names[1]]
-        pairs = read_jsonl(pairs_dir / "pairs.jsonl", Pair)
+        pairs = read_jsonl(ctx.inputs[names[1]] / "pairs.jsonl", Pair)
+    model, tok = load_causal_lm(str(ctx.inputs[names[0]]), trainable=True)
+    ref_model = ref_tok = None
+    if "sft-weak" in ctx.inputs:
+        ref_model, ref_tok = load_causal_lm(str(ctx.input("sft-weak")))
     if not pairs:
-        # Uninformative exploration: as the paper argues, DPO then leaves the initial policy as it is.
+        # Uninformative trees: as the paper argues, TreeDPO then leaves the initial policy as it is.
         from tratree.train.models import save_model
 
+        print(f"tratree: warning: {ctx.stage.name}: no preference pairs; the output is the initial policy "
+              f"({names[0]}) unchanged", file=sys.stderr)
         save_model(model, tok, ctx.out)
-        return {"pairs": 0, "steps": 0, "note": "no preference pairs; the output is the initial policy"}
+        return _record(ctx, {"pairs": 0, "steps": 0, "note": f"no preference pairs; the output is {names[0]} unchanged"})
     result = train_dpo(model, tok, pairs, ctx.spec.environment.name, ctx.spec.training.dpo, ctx.out,
                        ref_model, ref_tok, ctx.spec.strong.lora, ctx.stage.params["seed"])
-    return {"pairs": result["pairs"], "steps": result["steps"], "losses": result["losses"][-20:],
-            "margins": result["margins"][-20:]}
+    return _record(ctx, {"pairs": result["pairs"], "steps": result["steps"], "losses": result["losses"][-20:],
+                         "margins": result["margins"][-20:]})
+
+
+def _record(ctx: StageContext, summary: dict[str, Any]) -> dict[str, Any]:
+    """Keep the training summary beside the model, so its evaluation and the report can show it."""
+    (ctx.out / TRAINING).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

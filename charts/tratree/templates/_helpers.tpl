@@ -40,7 +40,8 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* Exactly the API calls the operator makes (tests/test_chart.py checks them against a recorded run). */}}
+{{/* Exactly the API calls the operator makes, and the one permission admission checks (tests/test_chart.py
+     compares them with a recorded run; tests/test_kubernetes.py runs the operator under them on a real apiserver). */}}
 {{- define "tratree.rules" -}}
 - apiGroups: ["tratree.io"]
   resources: ["w2sgexperiments"]
@@ -48,6 +49,11 @@ app.kubernetes.io/component: operator
 - apiGroups: ["tratree.io"]
   resources: ["w2sgexperiments/status"]
   verbs: ["patch"]
+# not a call: OwnerReferencesPermissionEnforcement admits the Jobs' and ConfigMap's owner references
+# (blockOwnerDeletion) only from whoever may update the owner's finalizers
+- apiGroups: ["tratree.io"]
+  resources: ["w2sgexperiments/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "delete"]
@@ -57,6 +63,19 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end -}}
+
+{{/* Cluster-scoped reads kopf makes in any mode: it watches CRDs to learn of resources appearing and
+     going, and, serving a list of namespaces, namespaces to match them. */}}
+{{- define "tratree.clusterReadRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{- define "tratree.peeringRules" -}}

@@ -1,0 +1,107 @@
+"""The ETO and ceiling baselines meet their expert data: ETO-format experts, mapped to the
+environment's task ids, pair with live explorations; with no pair at all the stage fails loudly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tratree.expert import expert_trajectories
+from tratree.explore import explore
+from tratree.pairs import expert_pairs
+from tratree.spec import parse_experiment
+
+pytestmark = pytest.mark.integration
+
+
+class Scripted:
+    """A policy that always looks around: enough to explore live episodes without a model."""
+
+    max_new_tokens = 16
+
+    def generate(self, requests):
+        return ["Thought: I should look.\nAction: look around" for _ in requests]
+
+    def close(self):
+        """Nothing to release."""
+
+
+def eto_conversation(eto_id: str, task: str, steps: list[tuple[str, str]], reward: float) -> dict:
+    turns = [{"from": "human", "value": "You are a helpful assistant to do some scientific experiment."},
+             {"from": "gpt", "value": "OK"}, {"from": "human", "value": task}]
+    for k, (action, observation) in enumerate(steps):
+        turns.append({"from": "gpt", "value": f"Thought: step {k}.\nAction: {action}"})
+        turns.append({"from": "human", "value": f"Observation: {observation}"})
+    return {"id": eto_id, "conversations": turns, "reward": reward}
+
+
+@pytest.mark.slow
+def test_eto_format_experts_pair_with_live_scienceworld_explorations(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m")
+    from tratree.envs import make_env
+    from tratree.spec import EnvironmentSpec
+
+    env_spec = {"name": "scienceworld", "tasks": ["find-animal"], "gameParams": "easy", "maxSteps": 2, "trainTasks": 2}
+    env = make_env(EnvironmentSpec.model_validate(env_spec))
+    try:
+        task_ids = env.tasks("train")["find-animal"][:2]
+        conversations = []
+        for task_id in task_ids:
+            gold = env.gold_actions(task_id)
+            start = env.reset(task_id)
+            steps = [(a, env.step(a).observation) for a in gold]
+            variation = task_id.rsplit("/", 1)[1]
+            # ETO's id for task-3-find-animal is 11: "<11>_<variation>"
+            conversations.append(eto_conversation(f"11_{variation}", f"{start.instruction}\n{start.observation}",
+                                                  steps, 1.0))
+    finally:
+        env.close()
+    path = tmp_path / "sciworld_sft.json"
+    path.write_text(json.dumps(conversations))
+    spec = parse_experiment({"weak": {"model": "w"}, "strong": {"model": "s"}, "environment": env_spec,
+                             "expert": {"source": "file", "path": str(path), "format": "eto"},
+                             "policy": {"batchSize": 2}}).spec
+    expert = expert_trajectories(spec)
+    assert [t.task_id for t in expert] == task_ids
+    assert [t.meta["eto_id"] for t in expert] == [c["id"] for c in conversations]
+    own = explore(spec, Scripted(), tmp_path / "own.jsonl", model="scripted", samples=1)
+    assert {t.task_id for t in own} == set(task_ids)
+    for mode in ("eto", "ceiling"):
+        pairs = expert_pairs(expert, own, mode)
+        assert len(pairs) == 2 and all(p.chosen_value > p.rejected_value for p in pairs), mode
+        assert all([s.action for s in p.chosen] != [s.action for s in p.rejected] for p in pairs)
+
+
+def test_an_eto_id_that_fits_no_environment_is_a_one_line_error(tmp_path):
+    from tratree.formats import FormatError
+
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps([eto_conversation("99_1", "task", [("look around", "a room")], 1.0)]))
+    spec = parse_experiment({"weak": {"model": "w"}, "strong": {"model": "s"},
+                             "environment": {"name": "scienceworld", "tasks": []},
+                             "expert": {"source": "file", "path": str(path), "format": "eto"}}).spec
+    with pytest.raises(FormatError, match=r"x.json: id '99_1' is not an ETO ScienceWorld id"):
+        expert_trajectories(spec)
+
+
+@pytest.mark.parametrize("mode", ["eto", "ceiling"])
+def test_eto_and_ceiling_with_no_pair_fail_naming_the_mismatch(tmp_path, mode):
+    from tests.conftest import make_traj, small_spec
+    from tratree.formats import write_jsonl
+    from tratree.pipeline import plan
+    from tratree.stages import StageContext, StageError
+    from tratree.stages.train import dpo
+
+    spec = small_spec(methods=[mode])
+    stage = next(s for s in plan(spec) if s.name == f"{mode}-s0")
+    dirs = {name: tmp_path / name for name in stage.inputs}
+    for d in dirs.values():
+        d.mkdir()
+    # ETO's ids on the expert side, the environment's on the explored side: no task in common
+    write_jsonl(dirs["expert"] / "trajectories.jsonl", [make_traj("1600", ["look"], 1.0)])
+    write_jsonl(dirs["strong-explore-s0"] / "trajectories.jsonl", [make_traj("webshop/train/1600", ["go"], 0.0)])
+    with pytest.raises(StageError, match=rf"{mode}-s0: no {mode} pairs: 1 expert and 1 explored trajectories share "
+                                         r"0 task ids \(expert ids look like '1600', explored ones like "
+                                         r"'webshop/train/1600'\)"):
+        dpo(StageContext(spec, stage, dirs, tmp_path / "out"))

@@ -1,0 +1,230 @@
+"""The operator, the CRD and the chart's RBAC on a real Kubernetes control plane.
+
+kube-apiserver (RBAC and Node authorizers, default admission plus NodeRestriction and
+OwnerReferencesPermissionEnforcement), etcd, kube-controller-manager (the real Job controller,
+garbage collector, TTL and namespace controllers) and kube-scheduler run on loopback; a node
+agent runs the Pods' commands on this machine (see tests/cluster). The operator runs as a
+subprocess under the chart's ServiceAccount token and ClusterRole, and people's steps are
+real `kubectl` commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.test_chart import render, rule_set
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+AWS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
+OPERATOR_NS = "tratree-system"
+FAST = {"retryBackoffSeconds": 0.5, "retryBackoffMaxSeconds": 2.0, "resyncSeconds": 2.0}
+
+
+class Operator:
+    """`python -m tratree_operator` as the chart runs it, with the chart's ServiceAccount token."""
+
+    def __init__(self, kube, folder: Path, kubeconfig: Path, config: dict[str, Any], args: tuple[str, ...]) -> None:
+        self.kube, self.folder = kube, folder
+        self.config = folder / "operator.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.log_path = folder / "operator.log"
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "operator")])}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tratree_operator", "--liveness", "",
+                                          "--metrics-port", "0", *args], env=env, stdout=log, stderr=log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def install(kube) -> dict[str, Any]:
+    """What `helm install` puts on the cluster, but the operator Deployment (its process runs here):
+    the CRDs applied the README's way, then the rendered ServiceAccount, RBAC, peering and config."""
+    kube.kubectl("apply", "--server-side", "-f", str(ROOT / "charts" / "tratree" / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "crd/w2sgexperiments.tratree.io", "--timeout=60s")
+    kube.kubectl("create", "namespace", OPERATOR_NS, check=False)
+    docs = [d for d in render({}) if d["kind"] not in ("Deployment", "Service", "ServiceMonitor")]
+    kube.apply(docs)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    return yaml.safe_load(next(iter(config["data"].values())))
+
+
+@pytest.fixture(scope="module")
+def operator(kube, tmp_path_factory, s3_server):
+    config = install(kube)
+    folder = tmp_path_factory.mktemp("operator")
+    kubeconfig = kube.service_account_kubeconfig(OPERATOR_NS, "tratree")
+    aws = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in aws}
+    os.environ.update(aws)  # the operator reads stage manifests in S3 with the store's credentials
+    op = Operator(kube, folder, kubeconfig, {**config, **FAST}, ("--peering=tratree",))
+    yield op
+    op.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def namespace(kube, name: str) -> str:
+    kube.kubectl("create", "namespace", name, check=False)
+    kube.wait_for(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", name, "-o", "name", check=False),
+                  60, f"the default ServiceAccount of {name}")
+    return name
+
+
+def s3_secret(kube, ns: str) -> None:
+    """The README's Secret, made the README's way."""
+    kube.kubectl("-n", ns, "create", "secret", "generic", "tratree-s3", *(f"--from-literal={k}={os.environ[k]}" for k in AWS))
+
+
+def experiment(name: str, bucket: str, **spec: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"].update({"methods": ["sft-weak"], "artifacts": f"s3://{bucket}/experiments/{name}",
+                             "kubernetes": {"s3Secret": "tratree-s3"}, **spec})
+    return manifest
+
+
+def diagnose(kube, ns: str, operator: Operator) -> str:
+    """What a person would look at when an experiment hangs: Jobs, Pods, the node and the operator."""
+    logs = "\n".join(f"--- {k}\n{v[-1500:]}" for k, v in kube.node.logs.items())
+    return (f"{kube.kubectl('-n', ns, 'get', 'jobs,pods', '-o', 'wide', check=False)}\n"
+            f"{kube.kubectl('-n', ns, 'describe', 'pods', check=False)[-3000:]}\nnode errors: {kube.node.errors[-5:]}\n"
+            f"--- operator\n{operator.log()[-3000:]}\n{logs}")
+
+
+def status(kube, name: str, ns: str) -> dict[str, Any]:
+    return (kube.get("w2sg", name, ns) or {}).get("status") or {}
+
+
+def wait_phase(kube, name: str, ns: str, phase: str, operator: Operator, timeout: float) -> dict[str, Any]:
+    """Wait for the phase; fail at once, with what a person would look at, on the other end or a 403."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = status(kube, name, ns)
+        if st.get("phase") == phase:
+            return st
+        if st.get("phase") in ("Succeeded", "Failed") or "(403)" in operator.log() or operator.proc.poll() is not None:
+            break
+        time.sleep(1)
+    raise AssertionError(f"{name} is {st.get('phase')}, not {phase}: {st}\n{diagnose(kube, ns, operator)}")
+
+
+def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
+    ns = namespace(kube, "lab")
+    s3_secret(kube, ns)
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(experiment("e2e", s3_env)))
+    kube.kubectl("-n", ns, "apply", "-f", str(path))
+    wait_phase(kube, "e2e", ns, "Succeeded", operator, 600)
+    run = kube.kubectl_run("-n", ns, "wait", "--for=jsonpath={.status.phase}=Succeeded", "w2sg/e2e", "--timeout=60s")
+    assert run.returncode == 0, run.stderr
+    st = status(kube, "e2e", ns)
+    assert set(st["stages"]) == {"expert", "tokenizer", "sft-weak", "eval-sft-weak-s0", "report"}
+    assert all(e["state"] == "Succeeded" for e in st["stages"].values())
+    assert 0.0 <= st["results"]["sft-weak"]["averageReward"] <= 100.0
+    # every stage really ran in a Pod that the real Job controller made and the scheduler bound
+    pods = kube.list("pods", ns)
+    assert {p["metadata"]["labels"]["tratree.io/stage"] for p in pods} == set(st["stages"])
+    assert all(p["status"]["phase"] == "Succeeded" and p["spec"]["nodeName"] for p in pods)
+    assert not re.search(r"\(403\)|[Ff]orbidden", operator.log()), operator.log()[-3000:]
+
+    # `kubectl get w2sg` prints the README's columns
+    table = kube.kubectl("-n", ns, "get", "w2sg")
+    readme = (ROOT / "README.md").read_text()
+    shown = next(line for line in readme.splitlines()[readme.splitlines().index("$ kubectl -n lab get w2sg") + 1:]
+                 if line.strip())
+    assert table.splitlines()[0].split() == shown.split()
+    row = table.splitlines()[1].split()
+    assert row[:2] == ["e2e", "Succeeded"]
+    describe = kube.kubectl("-n", ns, "describe", "w2sg", "e2e")
+    assert "Phase:" in describe and "StageSucceeded" in describe and "ExperimentSucceeded" in describe
+    explain = kube.kubectl("explain", "w2sgexperiment.spec.exploration")
+    assert "trajectoriesPerTask" in explain and "sampling" in explain
+
+    # the same experiment under another name: every stage is in the store, so no Job runs
+    again = experiment("again", s3_env)
+    again["spec"]["artifacts"] = f"s3://{s3_env}/experiments/e2e"
+    kube.apply(again, "-n", ns)
+    st2 = wait_phase(kube, "again", ns, "Succeeded", operator, 120)
+    assert {e["state"] for e in st2["stages"].values()} == {"Cached"} and st2["results"] == st["results"]
+    assert kube.list("jobs", ns, "tratree.io/experiment=again") == []
+    kube.kubectl("-n", ns, "delete", "w2sg", "again")
+
+    # deleting it: the real garbage collector removes its Jobs, Pods and spec ConfigMap
+    kube.kubectl("-n", ns, "delete", "w2sg", "e2e", "--wait=true")
+    kube.wait_for(lambda: not kube.list("jobs", ns) and not kube.list("pods", ns)
+                  and not kube.list("configmaps", ns, "tratree.io/experiment=e2e"), 90, "garbage collection")
+
+
+def test_the_crd_schema_rejects_unknown_keys_and_out_of_range_values(kube, operator, s3_env, tmp_path):
+    ns = namespace(kube, "schema")
+    bad = experiment("bad", s3_env)
+    bad["spec"]["exploration"]["bogusKey"] = 3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    run = kube.kubectl_run("-n", ns, "apply", "--validate=strict", "-f", str(path))
+    assert run.returncode != 0 and "spec.exploration.bogusKey" in run.stderr, run.stderr
+    bad["spec"]["exploration"] = {"trajectoriesPerTask": 0}
+    path.write_text(yaml.safe_dump(bad))
+    run = kube.kubectl_run("-n", ns, "apply", "-f", str(path))
+    assert run.returncode != 0 and "spec.exploration.trajectoriesPerTask" in run.stderr, run.stderr
+    assert kube.list("w2sg", ns) == []
+    # what the apiserver stores (after pruning and the schema's defaults) is the pydantic spec
+    good = experiment("good", s3_env, suspend=True)
+    del good["spec"]["exploration"]
+    kube.apply(good, "-n", ns)
+    stored = kube.get("w2sg", "good", ns)["spec"]
+    from tratree.spec import ExperimentSpec
+
+    expected = ExperimentSpec.model_validate(good["spec"]).model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert ExperimentSpec.model_validate(stored).model_dump(mode="json", by_alias=True, exclude_none=True) == expected
+    for key in set(stored) - set(good["spec"]):
+        assert stored[key] == expected[key], key  # a server-side default equals the spec's
+    kube.kubectl("-n", ns, "delete", "w2sg", "good")
+
+
+def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
+    """With a spec edit mid-run (a running Job stopped, the spec ConfigMap patched) on top of the
+    runs above, the apiserver's audit log holds every call of the operator's ServiceAccount:
+    each is allowed by the rendered ClusterRole, and each rule was used, but the one admission checks."""
+    ns = namespace(kube, "rbac")
+    s3_secret(kube, ns)
+    kube.apply(experiment("edited", s3_env), "-n", ns)
+    deadline = time.monotonic() + 300
+    while status(kube, "edited", ns).get("stages", {}).get("eval-sft-weak-s0", {}).get("state") != "Running":
+        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
+        time.sleep(0.3)
+    kube.kubectl("-n", ns, "patch", "w2sg", "edited", "--type=merge", "-p", '{"spec": {"evaluation": {"temperature": 0.5}}}')
+    st = wait_phase(kube, "edited", ns, "Succeeded", operator, 300)
+    assert st["stages"]["eval-sft-weak-s0"]["state"] == "Succeeded"
+    assert "StageReplanned" in kube.kubectl("-n", ns, "describe", "w2sg", "edited")
+    calls = kube.calls_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
+    rules = rule_set(next(d for d in render({}) if d["kind"] == "ClusterRole")["rules"])
+    assert calls <= rules, f"called but not allowed: {calls - rules}"
+    # the finalizers rule is no call: OwnerReferencesPermissionEnforcement checks it (see the chart)
+    assert rules - calls == {("tratree.io", "w2sgexperiments/finalizers", "update")}, rules - calls
