@@ -208,6 +208,40 @@ def test_the_crd_schema_rejects_unknown_keys_and_out_of_range_values(kube, opera
     kube.kubectl("-n", ns, "delete", "w2sg", "good")
 
 
+def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
+    """A failing container, a GPU request no node has, a missing Secret and an image that cannot be
+    pulled: each shows in its stage's message instead of an endless "Running"."""
+    ns = namespace(kube, "faults")
+    s3_secret(kube, ns)
+    broken = experiment("broken", s3_env)
+    broken["spec"]["environment"]["gameParams"] = "numLocations=banana"
+    broken["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 0}}
+    greedy = experiment("greedy", s3_env)
+    greedy["spec"]["kubernetes"]["stages"] = {"expert": {"gpus": 64}}
+    secretless = experiment("secretless", s3_env)
+    secretless["spec"]["kubernetes"]["s3Secret"] = "no-such-secret"
+    unpullable = experiment("unpullable", s3_env)
+    unpullable["spec"]["kubernetes"]["stages"] = {"expert": {"image": "registry.example.org/unpullable:1"}}
+    kube.apply([broken, greedy, secretless, unpullable], "-n", ns)
+
+    st = wait_phase(kube, "broken", ns, "Failed", operator, 180)
+    message = st["stages"]["expert"]["message"]
+    assert "exit code 2" in message and "no expert trajectories" in message, message
+    expected = {"greedy": "Insufficient nvidia.com/gpu", "secretless": 'secret "no-such-secret" not found',
+                "unpullable": "ImagePullBackOff"}
+    deadline = time.monotonic() + 60
+    seen: dict[str, str] = {}
+    while len(seen) < len(expected) and time.monotonic() < deadline:
+        for name, why in expected.items():
+            entry = status(kube, name, ns).get("stages", {}).get("expert", {})
+            if entry.get("state") == "Running" and why in entry.get("message", ""):
+                seen[name] = entry["message"]
+        time.sleep(1)
+    assert set(seen) == set(expected), f"{seen}\n{diagnose(kube, ns, operator)}"
+    assert all(m.startswith("cannot start: ") for m in seen.values())
+    kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
 def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     """With a spec edit mid-run (a running Job stopped, the spec ConfigMap patched) on top of the
     runs above, the apiserver's audit log holds every call of the operator's ServiceAccount:

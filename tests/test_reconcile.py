@@ -38,16 +38,19 @@ class World:
         self.manifests: dict[str, dict[str, Any]] | None = {}
         self.results: dict[str, Any] | None = None
         self.now = T0
+        self.pods: dict[str, dict[str, Any]] = {}
         self.created: list[str] = []
         self.events: list[Any] = []
         self.last = None
 
     def step(self, config: OperatorConfig = CONFIG):
         d = reconcile(Observed(copy.deepcopy(self.body), list(copy.deepcopy(self.jobs).values()),
-                               copy.deepcopy(self.manifests), self.results, self.now), config)
+                               copy.deepcopy(list(self.pods.values())), copy.deepcopy(self.manifests), self.results,
+                               self.now), config)
         for obj in d.create:
             if obj["kind"] == "Job":
                 assert obj["metadata"]["name"] not in self.jobs, "a Job was made twice"
+                obj["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"  # the apiserver sets one
                 self.jobs[obj["metadata"]["name"]] = obj
                 self.created.append(obj["metadata"]["name"])
         for name in d.delete:
@@ -66,6 +69,15 @@ class World:
              "message": None if ok else "Job has reached the specified backoff limit"}]}
         if ok:
             job["status"]["completionTime"] = when
+
+    def pod(self, stage: str, status: dict[str, Any], created: dt.datetime | None = None) -> None:
+        """The Pod the Job controller made for the stage's running Job, with this status."""
+        job = self.running(stage)
+        name = f"{job['metadata']['name']}-pod"
+        self.pods[name] = {"metadata": {"name": name, "labels": job["spec"]["template"]["metadata"]["labels"],
+                                        "creationTimestamp": (created or self.now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                        "ownerReferences": [{"kind": "Job", "uid": job["metadata"]["uid"]}]},
+                           "status": status}
 
     def running(self, stage: str) -> dict[str, Any]:
         jobs = [j for j in self.jobs.values() if j["metadata"]["labels"][LABEL_STAGE] == stage
@@ -427,3 +439,43 @@ def test_every_status_the_operator_writes_fits_the_crd_status_schema():
     for status in statuses:
         assert _pruned(status, STATUS_SCHEMA) == []
         OAS30Validator(STATUS_SCHEMA).validate(status)
+
+
+def test_a_failed_stage_says_its_exit_code_and_termination_message():
+    w = World(spec(kubernetes={"stages": {"expert": {"retries": 0}}}))
+    w.step()
+    w.pod("expert", {"phase": "Failed", "containerStatuses": [{"name": "stage", "state": {"terminated": {
+        "exitCode": 2, "message": "Traceback is not shown\ntratree: error: expert: no expert trajectories from "
+                                  "environment textworldexpress"}}}]})
+    w.finish("expert", ok=False)
+    w.step()
+    message = w.stage("expert")["message"]
+    assert w.stage("expert")["state"] == "Failed" and "BackoffLimitExceeded" in message
+    assert "exit code 2: " in message and "no expert trajectories" in message
+
+
+@pytest.mark.parametrize(("status", "why"), [
+    ({"phase": "Pending", "containerStatuses": [{"name": "stage", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}}}]}, "ImagePullBackOff"),
+    ({"phase": "Pending", "containerStatuses": [{"name": "stage", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "tratree-s3" not found'}}}]},
+     'secret "tratree-s3" not found'),
+    ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                          "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]},
+     "Insufficient nvidia.com/gpu"),
+])
+def test_a_pod_that_cannot_start_shows_in_the_stage_and_fails_its_attempt_in_time(status, why):
+    config = CONFIG.model_copy(update={"start_timeout_seconds": 120.0})
+    w = World()
+    w.step(config)
+    w.pod("expert", status)
+    w.step(config)
+    entry = w.stage("expert")
+    assert entry["state"] == "Running" and entry["message"].startswith("cannot start: ") and why in entry["message"]
+    first = entry["job"]
+    w.now += dt.timedelta(seconds=121)
+    d = w.step(config)
+    assert first in d.delete  # the stuck Job goes; the attempt counts as failed and is retried
+    entry = w.stage("expert")
+    assert entry["state"] == "Pending" and "could not start within 120s" in entry["message"] and why in entry["message"]
+    assert "StageAttemptFailed" in [e.reason for e in d.events]

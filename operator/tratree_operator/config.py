@@ -65,6 +65,9 @@ class OperatorConfig(Settings):
     retry_backoff_seconds: float = Field(10.0, gt=0, description="First wait before a new attempt; doubles.")
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
     resync_seconds: float = Field(60.0, gt=0, description="Re-read unfinished experiments at least this often.")
+    start_timeout_seconds: float = Field(
+        600.0, gt=0, description="A stage Pod that cannot start (image pull, missing Secret, unschedulable) this long "
+        "fails its attempt.")
     run_as_user: int = 1000
 
     def resources_for(self, kind: StageKind, override: StageResources | None) -> StageResources:

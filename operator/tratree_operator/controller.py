@@ -171,8 +171,9 @@ class Controller:
             self.forget(namespace, name)
             return None
         jobs = await self.kube.list_jobs(namespace, name)
+        pods = await self.kube.list_pods(namespace, name)
         manifests, results = await asyncio.to_thread(self.store.read, body)
-        decision = reconcile(Observed(body, jobs, manifests, results), self.config)
+        decision = reconcile(Observed(body, jobs, pods, manifests, results), self.config)
         await self.apply(body, decision)
         return decision.requeue_after
 

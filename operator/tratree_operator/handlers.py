@@ -69,5 +69,6 @@ async def experiment_deleted(name: str, namespace: str, memo: kopf.Memo, **_: An
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_EXPERIMENT: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
 async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.wake(namespace, labels[LABEL_EXPERIMENT])

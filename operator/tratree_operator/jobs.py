@@ -120,6 +120,8 @@ def job_manifest(
                          {"name": "work", "mountPath": "/work"},
                          {"name": "shm", "mountPath": "/dev/shm"}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # a failed stage's last log lines (its one-line error) become the termination message the status shows
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if env_from:
         container["envFrom"] = env_from

@@ -82,6 +82,12 @@ class Kube:
                                 label_selector=f"{LABEL_EXPERIMENT}={experiment}")
         return resp.get("items") or []
 
+    async def list_pods(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
+        """The stage Pods of an experiment (Jobs copy their template's labels onto them)."""
+        resp = await self._call(self.core.list_namespaced_pod, namespace,
+                                label_selector=f"{LABEL_EXPERIMENT}={experiment}")
+        return resp.get("items") or []
+
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a Job or ConfigMap; False when one of that name exists already."""
         ns = manifest["metadata"]["namespace"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tratree.pipeline import W2SG_METHODS, Stage, fingerprints, plan
@@ -39,6 +39,7 @@ class Observed:
 
     body: dict[str, Any]
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)  # the stage Jobs' Pods (they carry the labels)
     manifests: dict[str, dict[str, Any]] | None = field(default_factory=dict)  # None: store unreachable
     results: dict[str, Any] | None = None  # the report stage's results.json
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -82,9 +83,11 @@ class JobView:
     finish: str | None
     message: str
     deleting: bool
+    stuck: tuple[str, str] | None = None  # (since, why): its Pod cannot start
+    exit: str = ""  # its last Pod's exit code and termination message
 
     @classmethod
-    def of(cls, job: dict[str, Any]) -> JobView:
+    def of(cls, job: dict[str, Any], pods: list[dict[str, Any]] = ()) -> JobView:  # type: ignore[assignment]
         meta, status = job.get("metadata", {}), job.get("status") or {}
         outcome, finish, message = "Running", None, ""
         for cond in status.get("conditions") or []:
@@ -100,8 +103,35 @@ class JobView:
             attempt = int(labels.get(LABEL_ATTEMPT, "1"))
         except ValueError:
             attempt = 1
+        mine = [p for p in pods if any(o.get("uid") == meta.get("uid") for o in p["metadata"].get("ownerReferences") or [])]
+        newest = max(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "") if mine else None
+        stuck, exit_text = _pod_trouble(newest) if newest else (None, "")
         return cls(meta["name"], labels.get(LABEL_STAGE, ""), (meta.get("annotations") or {}).get(ANNOTATION_KEY, ""),
-                   attempt, outcome, status.get("startTime"), finish, message, bool(meta.get("deletionTimestamp")))
+                   attempt, outcome, status.get("startTime"), finish, message, bool(meta.get("deletionTimestamp")),
+                   stuck, exit_text)
+
+
+# Waiting reasons of a container that will not start by itself
+CANNOT_START = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError", "RunContainerError")
+
+
+def _pod_trouble(pod: dict[str, Any]) -> tuple[tuple[str, str] | None, str]:
+    """(since, why) when the Pod cannot start; and its container's exit code and termination message."""
+    status = pod.get("status") or {}
+    since = pod["metadata"].get("creationTimestamp") or ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return (cond.get("lastTransitionTime") or since, f"Unschedulable: {cond.get('message', '')}"), ""
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting, done = state.get("waiting") or {}, state.get("terminated")
+        if waiting.get("reason") in CANNOT_START:
+            return (since, f"{waiting['reason']}: {waiting.get('message', '')}"), ""
+        if done and done.get("exitCode"):
+            tail = (done.get("message") or "").strip().splitlines()[-3:]
+            return None, f"exit code {done['exitCode']}" + (f": {' | '.join(tail)[-400:]}" if tail else "")
+    return None, ""
 
 
 @dataclass
@@ -195,7 +225,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     by_name = {s.name: s for s in stages}
     jobs_of: dict[str, list[JobView]] = defaultdict(list)
     for job in observed.jobs:
-        view = JobView.of(job)
+        view = JobView.of(job, observed.pods)
         jobs_of[view.stage].append(view)
 
     decision = Decision(status={})
@@ -213,6 +243,13 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         decision.delete += [j.name for j in jobs_of.get(stage.name, [])
                             if j.key != key and j.outcome == "Running" and not j.deleting]
         current = max(mine, key=lambda j: j.attempt) if mine else None
+        if current is not None and current.outcome == "Running" and current.stuck and not current.deleting:
+            since = parse_time(current.stuck[0]) or now_t
+            if (now_t - since).total_seconds() >= config.start_timeout_seconds:
+                # a Pod that cannot start is a failed attempt, not "Running" for ever
+                decision.delete.append(current.name)
+                current = replace(current, outcome="Failed", finish=now, message=(
+                    f"could not start within {config.start_timeout_seconds:g}s: {current.stuck[1]}"))
         want = _settle(entry, current, (observed.manifests or {}).get(stage.name), stage, spec, config, now_t)
         if want is not None:
             wants[stage.name] = want
@@ -325,6 +362,10 @@ def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: Experimen
     entry["startTime"] = job.start or entry.get("startTime") or timestamp(now)
     if job.outcome == "Running":
         entry["state"] = "Running"
+        if job.stuck:
+            entry["message"] = f"cannot start: {job.stuck[1]}"
+        else:
+            entry.pop("message", None)  # an earlier attempt's "retrying" or a start problem now gone
         return None
     entry["finishTime"] = job.finish or timestamp(now)
     if job.outcome == "Succeeded":
@@ -332,7 +373,7 @@ def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: Experimen
         entry.pop("message", None)
         return None
     retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
-    message = f"attempt {job.attempt} of {retries + 1}: {job.message}"
+    message = f"attempt {job.attempt} of {retries + 1}: {job.message}" + (f"; {job.exit}" if job.exit else "")
     if job.attempt > retries:
         entry["state"] = "Failed"
         entry["message"] = message

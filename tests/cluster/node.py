@@ -53,6 +53,7 @@ class _Running:
     termination: Path
     container: str
     image: str
+    fallback_to_logs: bool
 
 
 @dataclass
@@ -261,7 +262,8 @@ class NodeAgent:
             proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
                                     start_new_session=True)
         started = _now()
-        self._running[key] = _Running(proc, folder, log, started, termination, container.name, container.image)
+        self._running[key] = _Running(proc, folder, log, started, termination, container.name, container.image,
+                                      container.termination_message_policy == "FallbackToLogsOnError")
         self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
             "phase": "Running", "startTime": started, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
             "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
@@ -291,8 +293,8 @@ class NodeAgent:
             output = run.log.read_text(errors="replace")
             self.logs[name] = output
             message = run.termination.read_text(errors="replace")[-4096:]
-            if not message and code != 0:
-                message = "\n".join(output.splitlines()[-80:])[-2048:]  # FallbackToLogsOnError
+            if not message and code != 0 and run.fallback_to_logs:
+                message = "\n".join(output.splitlines()[-80:])[-2048:]
             finished = _now()
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": run.started,
                           "finishedAt": finished}
