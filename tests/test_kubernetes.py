@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -262,3 +263,8 @@ def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     assert calls <= rules, f"called but not allowed: {calls - rules}"
     # the finalizers rule is no call: OwnerReferencesPermissionEnforcement checks it (see the chart)
     assert rules - calls == {("tratree.io", "w2sgexperiments/finalizers", "update")}, rules - calls
+    # Jobs and Pods are listed and watched with a label selector the apiserver applies, never cluster-wide
+    reads = [e for e in kube.requests_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
+             if e["objectRef"]["resource"] in ("jobs", "pods") and e["verb"] in ("list", "watch")]
+    selectors = [parse_qs(urlsplit(e["requestURI"]).query).get("labelSelector", [""])[0] for e in reads]
+    assert reads and all(s.startswith("tratree.io/experiment") for s in selectors), selectors

@@ -36,6 +36,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     # the operator posts its own Events; kopf's per-handler log Events would only add noise
     settings.posting.enabled = False
+    # the apiserver filters the Job and Pod streams: only those of experiments, not every one in the cluster
+    for group, plural in (("batch", "jobs"), ("v1", "pods")):
+        settings.watching.label_selectors[group, plural] = LABEL_EXPERIMENT
 
 
 @kopf.on.startup()

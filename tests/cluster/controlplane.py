@@ -269,14 +269,16 @@ class ControlPlane:
                 proc.wait()
         self.procs.clear()
 
+    def requests_by(self, user: str) -> list[dict[str, Any]]:
+        """The audit log's events of USER's requests on objects (one per request)."""
+        events = [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+        return [e for e in events if e["user"].get("username") == user and (e.get("objectRef") or {}).get("resource")]
+
     def calls_by(self, user: str) -> set[tuple[str, str, str]]:
         """(API group, resource[/subresource], verb) of every request USER made, from the audit log."""
         out = set()
-        for line in self.audit_log.read_text().splitlines():
-            event = json.loads(line)
-            ref = event.get("objectRef")
-            if event["user"].get("username") != user or not ref or not ref.get("resource"):
-                continue
+        for event in self.requests_by(user):
+            ref = event["objectRef"]
             resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
             out.add((ref.get("apiGroup", ""), resource, event["verb"]))
         return out
