@@ -2,7 +2,7 @@
 
     python bench/operator.py [--experiments 100]
 
-Each experiment is the miniature all-methods graph (25 stages, so 25 Jobs); the test kubelet
+Each experiment is the miniature all-methods graph (24 stages, so 24 Jobs); the test kubelet
 marks every Job succeeded as soon as it appears. Reported: time from applying them all to all
 Succeeded, API requests per experiment (everything the operator sent, watches included), and
 the operator process's peak resident memory.
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=100)
     args = parser.parse_args()
     r = asyncio.run(run(args.experiments))
-    table = Table(title=f"operator: {r['experiments']} experiments × 25 stages, instant-success Jobs")
+    table = Table(title=f"operator: {r['experiments']} experiments × 24 stages, instant-success Jobs")
     for col in ("experiments", "Jobs", "time to all Succeeded", "Jobs/s", "API requests / experiment",
                 "operator peak RSS"):
         table.add_column(col, justify="right")
