@@ -205,9 +205,13 @@ def test_results_reach_the_status_when_the_report_is_done():
     w.results = {"methods": {
         "sft-weak": {"average_reward": {"mean": 30.0, "std": 0.0}, "success_rate": {"mean": 10.0, "std": 0}, "seeds": 1},
         "w2s-treedpo": {"average_reward": {"mean": 62.3, "std": 1.0}, "success_rate": {"mean": 40.0, "std": 0},
-                        "seeds": 1, "p_value_vs_sft_strong": None}}}
+                        "finished_rate": {"mean": 80.0, "std": 0}, "seeds": 1, "p_value_vs_sft_strong": None,
+                        "pairs": [0]}}}
     d = w.step()
     assert d.status["results"]["w2s-treedpo"]["averageReward"] == 62.3
+    # a DPO that trained on nothing is visible on the resource
+    assert d.status["results"]["w2s-treedpo"]["dpoPairs"] == [0]
+    assert d.status["results"]["w2s-treedpo"]["finishedRate"] == 80.0
     assert d.status["w2sgReward"] == "62.3"
     assert "sftStrongReward" not in d.status
 

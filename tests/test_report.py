@@ -20,8 +20,20 @@ def test_table_means_pvalues_and_gap_recovered():
     assert table["w2s-mcts"]["p_value_vs_sft_strong"] < 0.01
     assert table["w2s-mcts"]["gap_recovered"] == pytest.approx((59 - 40) / (60 - 40))
     assert "p_value_vs_sft_strong" not in table["sft-weak"]
+    # the paper's form: (R - R_sft-strong) / (R_ceiling - R_sft-strong)
+    assert table["w2s-mcts"]["gap_recovered_vs_sft_strong"] == pytest.approx((59 - 51) / (60 - 51))
+    assert "gap_recovered_vs_sft_strong" not in table["sft-strong"]
     text = markdown(table, "t")
-    assert "| w2s-mcts | 59.0 ± 1.0 | 29.5 ± 0.5 |" in text and "95%" in text
+    assert "| w2s-mcts | 59.0 ± 1.0 | 29.5 ± 0.5 |" in text and "| 95% | 89% |" in text
+    assert "(R − R_sft-strong) / (R_ceiling − R_sft-strong)" in text
+
+
+def test_dpo_pair_counts_and_the_finished_rate_reach_the_table():
+    metrics = [{"method": "w2s-treedpo", "average_reward": 10.0, "success_rate": 0.0, "finished_rate": 50.0,
+                "seed": s, "training": {"pairs": n, "steps": 3}} for s, n in enumerate([12, 0])]
+    table = results_table(metrics, ["w2s-treedpo"])
+    assert table["w2s-treedpo"]["pairs"] == [12, 0] and table["w2s-treedpo"]["finished_rate"]["mean"] == 50.0
+    assert "| 12/0 | 2 |" in markdown(table, "t")
 
 
 def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_model():
@@ -29,4 +41,4 @@ def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_
                           + rows("w2s-mcts", [0.0]), ["sft-weak", "sft-strong", "w2s-mcts", "ceiling"])
     assert table["w2s-mcts"]["p_value_vs_sft_strong"] is None
     assert all("gap_recovered" not in row for row in table.values())
-    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | — | — | 1 |" in markdown(table, "t")
+    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 | — | — | — | — | 1 |" in markdown(table, "t")

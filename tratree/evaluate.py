@@ -32,7 +32,8 @@ def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = No
     for t in trajectories:
         if t.task_id not in best or t.score > best[t.task_id].score:
             best[t.task_id] = t
-    per_task = {k: {"score": v.score, "success": v.success, "steps": len(v.steps)} for k, v in best.items()}
+    per_task = {k: {"score": v.score, "success": v.success, "steps": len(v.steps),
+                    "finished": not v.meta.get("step_limit_reached", False)} for k, v in best.items()}
     scores = [v["score"] for v in per_task.values()]
     return {
         "split": split,
@@ -41,6 +42,8 @@ def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = No
         "best_of": best_of or 1,
         "average_reward": 100 * mean(scores) if scores else 0.0,
         "success_rate": 100 * mean(float(v["success"]) for v in per_task.values()) if per_task else 0.0,
+        # ETO's "success" on WebShop and ScienceWorld: the episode ended before its step limit
+        "finished_rate": 100 * mean(float(v["finished"]) for v in per_task.values()) if per_task else 0.0,
         "unparsed_replies": sum(t.meta.get("unparsed_replies", 0) for t in trajectories),
         "per_task": per_task,
     }

@@ -193,6 +193,12 @@ def _results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None, str |
             entry["pValueVsSftStrong"] = round(row["p_value_vs_sft_strong"], 4)
         if row.get("gap_recovered") is not None:
             entry["gapRecovered"] = round(row["gap_recovered"], 3)
+        if row.get("gap_recovered_vs_sft_strong") is not None:
+            entry["gapRecoveredVsSftStrong"] = round(row["gap_recovered_vs_sft_strong"], 3)
+        if "finished_rate" in row:
+            entry["finishedRate"] = round(row["finished_rate"]["mean"], 2)
+        if "pairs" in row:
+            entry["dpoPairs"] = list(row["pairs"])  # per seed; 0 means that DPO trained on nothing
         table[method] = entry
     w2sg = [table[m]["averageReward"] for m in W2SG_METHODS if m in table]
     best = f"{max(w2sg):.1f}" if w2sg else None

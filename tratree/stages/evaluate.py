@@ -22,4 +22,4 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     if training.is_file():
         result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples")}
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
-    return {k: result[k] for k in ("average_reward", "success_rate", "tasks", "method", "seed")}
+    return {k: result[k] for k in ("average_reward", "success_rate", "finished_rate", "tasks", "method", "seed")}

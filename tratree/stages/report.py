@@ -30,10 +30,14 @@ def _ttest(a: list[float], b: list[float]) -> float | None:
 def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     """Per method: average reward and success rate over seeds, p-value vs sft-strong, gap recovered."""
     by_method: dict[str, dict[str, list[float]]] = {}
+    pairs: dict[str, list[int]] = {}
     for m in metrics:
-        row = by_method.setdefault(m["method"], {"average_reward": [], "success_rate": []})
+        row = by_method.setdefault(m["method"], {"average_reward": [], "success_rate": [], "finished_rate": []})
         row["average_reward"].append(m["average_reward"])
         row["success_rate"].append(m["success_rate"])
+        row["finished_rate"].append(m.get("finished_rate", 0.0))
+        if "pairs" in (m.get("training") or {}):
+            pairs.setdefault(m["method"], []).append(m["training"]["pairs"])
     table: dict[str, Any] = {}
     for method in methods:
         if method not in by_method:
@@ -42,34 +46,52 @@ def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str
         table[method] = {
             "average_reward": _summary(row["average_reward"]),
             "success_rate": _summary(row["success_rate"]),
+            "finished_rate": _summary(row["finished_rate"]),
             "seeds": len(row["average_reward"]),
         }
+        if method in pairs:
+            table[method]["pairs"] = pairs[method]  # per seed: a DPO method that trained on nothing shows 0
     base = by_method.get("sft-strong", {}).get("average_reward")
     weak = table.get("sft-weak", {}).get("average_reward", {}).get("mean")
+    strong = table.get("sft-strong", {}).get("average_reward", {}).get("mean")
     ceiling = table.get("ceiling", {}).get("average_reward", {}).get("mean")
     for method, row in table.items():
         if method in W2SG or method in ("best-of-n", "eto", "ceiling"):
             row["p_value_vs_sft_strong"] = _ttest(row["average_reward"]["values"], base) if base else None
-        # the gap is only a gap when the ceiling beats the weak model
+        mean_reward = row["average_reward"]["mean"]
+        # a gap is only a gap when the ceiling beats its floor
         if weak is not None and ceiling is not None and ceiling > weak and method != "sft-weak":
-            row["gap_recovered"] = (row["average_reward"]["mean"] - weak) / (ceiling - weak)
+            row["gap_recovered"] = (mean_reward - weak) / (ceiling - weak)
+        if strong is not None and ceiling is not None and ceiling > strong and method not in ("sft-weak", "sft-strong"):
+            row["gap_recovered_vs_sft_strong"] = (mean_reward - strong) / (ceiling - strong)
     return table
 
 
 def markdown(table: dict[str, Any], title: str) -> str:
     """The results as a Markdown table in the paper's layout."""
-    lines = [f"# {title}", "", "| method | average reward | success rate | p vs sft-strong | gap recovered | seeds |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"# {title}", "",
+             "| method | average reward | success rate | finished | p vs sft-strong | gap recovered (weak) | "
+             "gap recovered (sft-strong) | DPO pairs | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.0f}%"
+
     for method, row in table.items():
-        ar, sr = row["average_reward"], row["success_rate"]
+        ar, sr, fr = row["average_reward"], row["success_rate"], row.get("finished_rate", {"mean": 0.0, "std": 0.0})
         p = row.get("p_value_vs_sft_strong")
-        g = row.get("gap_recovered")
+        pairs = "/".join(str(n) for n in row["pairs"]) if "pairs" in row else "—"
         lines.append(
             f"| {method} | {ar['mean']:.1f} ± {ar['std']:.1f} | {sr['mean']:.1f} ± {sr['std']:.1f} | "
-            f"{'—' if p is None else f'{p:.3g}'} | {'—' if g is None else f'{100 * g:.0f}%'} | {row['seeds']} |"
+            f"{fr['mean']:.1f} | {'—' if p is None else f'{p:.3g}'} | {pct(row.get('gap_recovered'))} | "
+            f"{pct(row.get('gap_recovered_vs_sft_strong'))} | {pairs} | {row['seeds']} |"
         )
-    lines += ["", "Average reward and success rate ×100 on held-out tasks, mean ± std over training seeds; "
-              "p: two-sided Welch t-test against sft-strong; gap recovered: (R − R_sft-weak) / (R_ceiling − R_sft-weak)."]
+    lines += ["", "Average reward, success rate (score 1, or the environment's own success) and finished (episodes "
+              "the environment ended before the step limit: ETO's and the paper's \"success\" on WebShop and "
+              "ScienceWorld) ×100 on held-out tasks, mean ± std over training seeds; p: two-sided Welch t-test "
+              "against sft-strong; gap recovered (weak): (R − R_sft-weak) / (R_ceiling − R_sft-weak); gap recovered "
+              "(sft-strong), the paper's form: (R − R_sft-strong) / (R_ceiling − R_sft-strong); DPO pairs: the "
+              "preference pairs each seed's DPO trained on (0: it returned its initial policy)."]
     return "\n".join(lines) + "\n"
 
 
