@@ -172,3 +172,33 @@ def test_similarity_below_one_needs_an_embedder_and_exact_mode_needs_none():
         build_trees([make_traj("t", ["a"], 1.0)], similarity=0.8)
     with pytest.raises(ValueError, match="similarity must be in"):
         build_trees([], similarity=0.0)
+
+
+def test_observations_differing_only_in_list_order_are_one_state():
+    from tratree.tree import state_key
+
+    a = "This room is called the kitchen. In it, you see:\n\ta table. On the table is:\n\t\ta cup\n\t\ta knife\n\ta fridge\nYou also see:\n\tA door to the hallway"
+    b = "This room is called the kitchen. In it, you see:\n\ta fridge\n\ta table. On the table is:\n\t\ta knife\n\t\ta cup\nYou also see:\n\tA door to the hallway"
+    moved = "This room is called the kitchen. In it, you see:\n\ta table. On the table is:\n\t\ta cup\n\ta fridge\n\t\ta knife\nYou also see:\n\tA door to the hallway"
+    assert state_key(a) == state_key(b)
+    assert state_key(a) != state_key(moved)  # the knife is in another container: another state
+    assert state_key("plain text") == "plain text"
+    steps_a = [Step(observation=a, thought="t", action="open fridge")]
+    steps_b = [Step(observation=b, thought="u", action="open fridge")]
+    tree, = build_trees([Trajectory(task_id="t", instruction="i", steps=steps_a, score=1.0),
+                         Trajectory(task_id="t", instruction="i", steps=steps_b, score=0.0)])
+    assert len(tree) == 2 and tree.visits[1] == 2
+    assert tree.observation[1] == a  # the first trajectory's raw text is kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.from_regex(r"[abcxyz][abc xyz]{0,5}", fullmatch=True), min_size=1, max_size=6),
+       data=st.data())
+def test_state_key_ignores_the_order_of_list_items_and_nothing_else(items, data):
+    from tratree.tree import state_key
+
+    order = data.draw(st.permutations(items))
+    head = "In it, you see:\n"
+    one, other = head + "\n".join(f"\t{x}" for x in items), head + "\n".join(f"\t{x}" for x in order)
+    assert state_key(one) == state_key(other) == state_key(state_key(one))
+    assert state_key(one) != state_key(head + "\n".join(f"\t{x}!" for x in items))

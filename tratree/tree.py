@@ -3,14 +3,15 @@
 Pure and torch-free. A node is an execution step (o_v, th_v, a_v); the root is the
 instruction. A new step reuses a child of the current parent when the child has the same
 action string and an observation whose cosine similarity with the new one is >= xi_sim
-(the most similar such child); xi_sim = 1.0 compares observation strings exactly and
-needs no embedding model. Nodes are stored in flat arrays, one entry per node, so trees
+(the most similar such child); xi_sim = 1.0 compares observations exactly, up to the order of
+their indented object lists (see ``state_key``), and needs no embedding model. Nodes are stored in flat arrays, one entry per node, so trees
 of millions of nodes stay compact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import random
@@ -101,14 +102,11 @@ class Tree:
             child = -1
             if found is not None:
                 obs = step.observation
-                if type(found) is int:
-                    if observation[found] == obs:
-                        child = found
-                else:
-                    for c in found:
-                        if observation[c] == obs:
-                            child = c
-                            break
+                key = state_key(obs)
+                for c in (found,) if type(found) is int else found:
+                    if observation[c] == obs or state_key(observation[c]) == key:
+                        child = c
+                        break
             if child < 0:
                 child = self._new_node(node, step, index)
             visits[child] += 1
@@ -286,6 +284,48 @@ class Tree:
             if tree.total[v] > tree.visits[v] + 1e-9:
                 raise ValueError(f"nodes[{v}].total exceeds its visits (scores are at most 1)")
         return tree
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def state_key(observation: str) -> str:
+    """What exact merging compares: the observation with every indented list put in a canonical order.
+
+    Environments list a room's objects in an order that can change from one reset (or JVM) to
+    the next, so the same state reads differently; each item keeps the lines indented below it.
+    The tree stores the raw text of the first trajectory; only the comparison is canonical.
+    """
+    if "\n\t" not in observation and "\n  " not in observation:
+        return observation
+    return "\n".join(_canonical(observation.split("\n")))
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip("\t "))
+
+
+def _canonical(lines: list[str]) -> list[str]:
+    """Lines with each run of sibling items (same indentation, with their deeper lines) sorted."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        level = _indent(lines[i])
+        if level == 0:
+            out.append(lines[i])
+            i += 1
+            continue
+        items: list[list[str]] = []
+        while i < len(lines) and _indent(lines[i]) >= level and lines[i].strip():
+            if _indent(lines[i]) == level:
+                items.append([lines[i]])
+            else:
+                items[-1].append(lines[i])
+            i += 1
+        units = ["\n".join([item[0], *_canonical(item[1:])]) for item in items]
+        out.extend(sorted(units))
+        if i < len(lines) and _indent(lines[i]) > 0 and not lines[i].strip():
+            out.append(lines[i])
+            i += 1
+    return out
 
 
 def _index_add(index: dict, key: tuple[int, str], v: int) -> None:
