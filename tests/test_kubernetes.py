@@ -10,6 +10,7 @@ real `kubectl` commands.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -241,6 +242,42 @@ def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
     assert set(seen) == set(expected), f"{seen}\n{diagnose(kube, ns, operator)}"
     assert all(m.startswith("cannot start: ") for m in seen.values())
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
+def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env, tmp_path, cli):
+    """`tratree submit --wait` as a CI job runs it: a kubeconfig user bound to the README's Role only."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```yaml\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role"):]
+    role = yaml.safe_load(block[len("```yaml\n"):block.index("```", 8)])
+    ns = namespace(kube, role["metadata"]["namespace"])
+    s3_secret(kube, ns)
+    kube.apply(role)
+    kube.kubectl("-n", ns, "create", "rolebinding", "w2sg-ci", f"--role={role['metadata']['name']}", "--user=ci-bot")
+    kubeconfig = kube.user_kubeconfig("ci-bot", ns)
+    path = tmp_path / "regression.yaml"
+    path.write_text(yaml.safe_dump(experiment("regression", s3_env)))
+    out = tmp_path / "results.json"
+    r = cli("submit", str(path), "--wait", "--timeout", "600", "--poll", "1", "-o", str(out),
+            env={"KUBECONFIG": str(kubeconfig)})
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{diagnose(kube, ns, operator)}"
+    assert "sft-weak" in json.loads(out.read_text())
+    # the CI user can do nothing else
+    denied = kube.kubectl_run("-n", ns, "get", "jobs", kubeconfig=kubeconfig)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr
+    kube.kubectl("-n", ns, "delete", "w2sg", "regression")
+
+
+def test_an_operator_without_its_peering_object_says_so(kube, operator, tmp_path):
+    kubeconfig = kube.service_account_kubeconfig(OPERATOR_NS, "tratree")
+    other = Operator(kube, tmp_path, kubeconfig, FAST, ("--peering=no-such-peering",))
+    try:
+        deadline = time.monotonic() + 30
+        while "WARNING" not in other.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "peering object 'no-such-peering' not found (cluster)" in other.log(), other.log()[-2000:]
+        assert "--standalone" in other.log()
+    finally:
+        other.stop()
 
 
 def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):

@@ -56,7 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     metrics.serve(args.metrics_port)
 
     async def run() -> None:
-        memo = kopf.Memo(controller=Controller(Kube(), config, concurrency=args.concurrency))
+        kube = Kube()
+        if not args.standalone:
+            missing = await kube.missing_peering(args.peering, args.namespace)
+            if missing:
+                # kopf would wait for it silently (a DEBUG line) and handle nothing
+                logging.getLogger("tratree_operator").warning(
+                    "peering object %r not found (%s): the operator waits for it and handles nothing until it "
+                    "exists; install the chart's peering objects (peering.enabled) or run with --standalone",
+                    args.peering, ", ".join(missing))
+        memo = kopf.Memo(controller=Controller(kube, config, concurrency=args.concurrency))
         await kopf.operator(
             memo=memo,
             standalone=args.standalone,

@@ -69,6 +69,24 @@ class Kube:
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
 
+    async def missing_peering(self, name: str, namespaces: list[str]) -> list[str]:
+        """Where kopf's peering object NAME does not exist: ["cluster"], or the namespaces that lack it
+        (a namespace given as a glob pattern is not checked)."""
+        selector = f"metadata.name={name}"
+        if not namespaces:
+            found = await self._call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
+                                     field_selector=selector)
+            return [] if found.get("items") else ["cluster"]
+        missing = []
+        for ns in namespaces:
+            if any(c in ns for c in "*?![]"):
+                continue
+            found = await self._call(self.custom.list_namespaced_custom_object, "kopf.dev", "v1", ns, "kopfpeerings",
+                                     field_selector=selector)
+            if not found.get("items"):
+                missing.append(ns)
+        return missing
+
     async def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self._call(self.custom.get_namespaced_custom_object, API_GROUP, VERSION, namespace, PLURAL, name)
