@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import sys
+import uuid
 
 import kopf
 
@@ -20,6 +22,7 @@ from tratree_operator import metrics
 from tratree_operator.config import ConfigError, load_config
 from tratree_operator.controller import Controller
 from tratree_operator.kube import Kube, load_client_config
+from tratree_operator.peering import Peering
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--standalone", action="store_true", default=env("TRATREE_STANDALONE") == "1",
                    help="no peering: the only replica")
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
+    p.add_argument("--peering-lifetime", type=int, default=int(env("TRATREE_PEERING_LIFETIME", "60")),
+                   help="seconds a silent peer counts as alive: how soon a standby takes over from a dead replica")
     p.add_argument("--liveness", default=env("TRATREE_LIVENESS", "http://0.0.0.0:8080/healthz"),
                    help="health endpoint URL ('' to disable)")
     p.add_argument("--metrics-port", type=int, default=int(env("TRATREE_METRICS_PORT", "9090")),
@@ -65,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                     "peering object %r not found (%s): the operator waits for it and handles nothing until it "
                     "exists; install the chart's peering objects (peering.enabled) or run with --standalone",
                     args.peering, ", ".join(missing))
-        memo = kopf.Memo(controller=Controller(kube, config, concurrency=args.concurrency))
+        priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
+        identity = f"{socket.gethostname()}@{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        peering = None if args.standalone else Peering(kube, args.peering, identity, priority, not args.namespace)
+        memo = kopf.Memo(controller=Controller(kube, config, concurrency=args.concurrency, peering=peering),
+                         peering_lifetime=args.peering_lifetime)
         await kopf.operator(
             memo=memo,
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,
-            priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
+            identity=identity,
+            priority=priority,
             liveness_endpoint=args.liveness or None,
             clusterwide=not args.namespace,
             namespaces=args.namespace,

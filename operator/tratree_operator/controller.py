@@ -23,6 +23,7 @@ from tratree.spec import SpecError
 from tratree_operator import metrics
 from tratree_operator.config import OperatorConfig
 from tratree_operator.kube import Conflict, Kube
+from tratree_operator.peering import Peering
 from tratree_operator.reconcile import Decision, Observed, experiment_of, merge_patch, parse_time, reconcile
 
 log = logging.getLogger("tratree_operator")
@@ -97,9 +98,10 @@ class _Slot:
 class Controller:
     """The operator's work queue and the read-decide-apply step."""
 
-    def __init__(self, kube: Kube, config: OperatorConfig, concurrency: int = 8) -> None:
+    def __init__(self, kube: Kube, config: OperatorConfig, concurrency: int = 8, peering: Peering | None = None) -> None:
         self.kube = kube
         self.config = config
+        self.peering = peering  # None: the only replica
         self.store = StoreReader()
         self.phases = metrics.PhaseBook()
         self._slots: dict[Key, _Slot] = {}
@@ -165,7 +167,11 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     async def reconcile_once(self, namespace: str, name: str) -> float | None:
-        """Read the experiment, its Jobs and the store; apply what ``reconcile`` decides."""
+        """Read the experiment, its Jobs and the store; apply what ``reconcile`` decides.
+
+        A replica paused by its peers (see ``peering``) writes nothing and looks again later."""
+        if self.peering is not None and not await self.peering.active(namespace):
+            return min(self.config.resync_seconds, 5.0)
         body = await self.kube.get_experiment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)

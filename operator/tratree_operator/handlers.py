@@ -44,6 +44,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
+    settings.peering.lifetime = int(getattr(memo, "peering_lifetime", 60))
     if getattr(memo, "controller", None) is None:
         load_client_config()
         memo.controller = Controller(Kube(), load_config())

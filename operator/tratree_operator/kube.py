@@ -69,23 +69,25 @@ class Kube:
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
 
+    async def peering_object(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """kopf's peering object NAME (cluster-wide, or in NAMESPACE), found by a list (the RBAC has no get)."""
+        selector = f"metadata.name={name}"
+        if namespace is None:
+            found = await self._call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
+                                     field_selector=selector)
+        else:
+            found = await self._call(self.custom.list_namespaced_custom_object, "kopf.dev", "v1", namespace,
+                                     "kopfpeerings", field_selector=selector)
+        items = found.get("items") or []
+        return items[0] if items else None
+
     async def missing_peering(self, name: str, namespaces: list[str]) -> list[str]:
         """Where kopf's peering object NAME does not exist: ["cluster"], or the namespaces that lack it
         (a namespace given as a glob pattern is not checked)."""
-        selector = f"metadata.name={name}"
         if not namespaces:
-            found = await self._call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
-                                     field_selector=selector)
-            return [] if found.get("items") else ["cluster"]
-        missing = []
-        for ns in namespaces:
-            if any(c in ns for c in "*?![]"):
-                continue
-            found = await self._call(self.custom.list_namespaced_custom_object, "kopf.dev", "v1", ns, "kopfpeerings",
-                                     field_selector=selector)
-            if not found.get("items"):
-                missing.append(ns)
-        return missing
+            return [] if await self.peering_object(name, None) else ["cluster"]
+        patterns = [ns for ns in namespaces if not any(c in ns for c in "*?![]")]
+        return [ns for ns in patterns if await self.peering_object(name, ns) is None]
 
     async def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
