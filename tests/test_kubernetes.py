@@ -244,6 +244,39 @@ def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
 
 
+def test_job_settings_behave_as_set_on_the_real_job_controller(kube, operator, s3_env):
+    """ttlSecondsAfterFinished: 0 (Jobs gone the moment they finish) never makes the operator loop;
+    backoffLimit gives Pod retries inside one Job; activeDeadlineSeconds ends a Job."""
+    ns = namespace(kube, "jobs")
+    s3_secret(kube, ns)
+    quick = experiment("quick", s3_env)
+    quick["spec"]["kubernetes"]["ttlSecondsAfterFinished"] = 0
+    retried = experiment("retried", s3_env)
+    retried["spec"]["environment"]["gameParams"] = "numLocations=banana"
+    retried["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 0, "backoffLimit": 1}}
+    late = experiment("late", s3_env)
+    late["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 0, "activeDeadlineSeconds": 1}}
+    kube.apply([quick, retried, late], "-n", ns)
+
+    st = wait_phase(kube, "quick", ns, "Succeeded", operator, 300)
+    assert all(e["state"] == "Succeeded" for e in st["stages"].values())
+    kube.wait_for(lambda: not kube.list("jobs", ns, "tratree.io/experiment=quick"), 60, "the TTL controller")
+    made = [e for e in kube.requests_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
+            if e["verb"] == "create" and e["objectRef"]["resource"] == "jobs" and e["objectRef"].get("namespace") == ns
+            and e["objectRef"].get("name", "").startswith("quick-")]
+    assert len(made) == len(st["stages"]), [e["objectRef"]["name"] for e in made]  # one Job per stage, no loop
+
+    st = wait_phase(kube, "retried", ns, "Failed", operator, 180)
+    assert "exit code 2" in st["stages"]["expert"]["message"]
+    pods = kube.list("pods", ns, "tratree.io/experiment=retried,tratree.io/stage=expert")
+    assert len(pods) == 2  # backoffLimit 1: the Job controller ran the Pod twice, one Job
+    assert len(kube.list("jobs", ns, "tratree.io/experiment=retried")) == 1
+
+    st = wait_phase(kube, "late", ns, "Failed", operator, 180)
+    assert "DeadlineExceeded" in st["stages"]["expert"]["message"], st["stages"]["expert"]
+    kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
 def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env, tmp_path, cli):
     """`tratree submit --wait` as a CI job runs it: a kubeconfig user bound to the README's Role only."""
     readme = (ROOT / "README.md").read_text()

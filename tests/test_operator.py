@@ -103,7 +103,7 @@ async def test_an_operator_restart_mid_run_resumes_without_duplicates(tmp_path):
         assert "StageSucceeded" in [e["reason"] for e in c.events("small") if "sft-weak" in e["message"]]
 
 
-async def test_a_job_deleted_mid_run_is_made_again(tmp_path):
+async def test_a_job_deleted_mid_run_is_made_again_as_the_next_attempt(tmp_path):
     decide, held = hold("tokenizer")
     async with cluster(tmp_path) as c, Kubelet(c.api, decide):
         await c.apply(small(tmp_path))
@@ -112,8 +112,8 @@ async def test_a_job_deleted_mid_run_is_made_again(tmp_path):
         async with c.api.delete(f"/apis/batch/v1/namespaces/default/jobs/{name}") as r:
             assert r.status == 200
         await c.wait(lambda: "JobRecreated" in c.reasons("small"), 30, "the Job to be made again")
-        again = c.api.get("jobs", "default", name)
-        assert again is not None and again["metadata"]["uid"] != job["metadata"]["uid"]
+        again = [j for j in c.jobs("small") if stage_of(j) == "tokenizer"]
+        assert [j["metadata"]["labels"]["tratree.io/attempt"] for j in again] == ["2"]  # the next attempt
         held.clear()
         await c.wait_phase("small", "Succeeded", 60)
 

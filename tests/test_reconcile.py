@@ -248,15 +248,22 @@ def test_backoff_doubles_and_is_capped():
     assert [CONFIG.backoff(n) for n in (1, 2, 3, 10)] == [10, 20, 40, 300]
 
 
-def test_a_job_deleted_mid_run_is_made_again():
+def test_a_job_that_vanishes_mid_run_counts_as_an_attempt_and_is_made_again():
     w = World()
     w.step()
     name = w.running("expert")["metadata"]["name"]
-    del w.jobs[name]
+    del w.jobs[name]  # deleted by someone, or failed and removed by ttlSecondsAfterFinished: 0
     d = w.step()
-    assert [o["metadata"]["name"] for o in d.create if o["kind"] == "Job"] == [name]
-    assert [e.reason for e in d.events] == ["JobRecreated"]
-    assert w.stage("expert")["state"] == "Running"
+    (again,) = [o for o in d.create if o["kind"] == "Job"]
+    assert again["metadata"]["labels"][LABEL_ATTEMPT] == "2" and again["metadata"]["name"] != name
+    assert "JobRecreated" in [e.reason for e in d.events]
+    assert w.stage("expert")["state"] == "Running" and w.stage("expert")["attempts"] == 2
+    # it vanishes again: the retries (1 by default) are spent, the stage fails instead of looping
+    del w.jobs[again["metadata"]["name"]]
+    d = w.step()
+    assert not [o for o in d.create if o["kind"] == "Job"]
+    assert w.stage("expert")["state"] == "Failed" and "vanished before it finished" in w.stage("expert")["message"]
+    assert w.body["status"]["phase"] == "Failed"
 
 
 def test_a_restart_between_creating_a_job_and_writing_status_adopts_the_job():

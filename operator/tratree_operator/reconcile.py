@@ -289,7 +289,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         elif want.reason == "StageRetried":
             text = f"stage {name}: attempt {want.attempt} started: Job {entry['job']} ({entry.get('message', '')})"
         else:
-            text = f"stage {name}: its Job was deleted before it finished; made it again: {entry['job']}"
+            text = f"stage {name}: its Job vanished before it finished; attempt {want.attempt}: {entry['job']}"
         started[name] = Event("Warning" if want.reason == "JobRecreated" else "Normal", want.reason, text, name)
     if created:
         decision.create.insert(0, configmap_manifest(meta, spec))
@@ -355,8 +355,17 @@ def _settle(entry: dict[str, Any], job: JobView | None, manifest: dict[str, Any]
     if state == "Failed":
         return None
     if state == "Running" and entry.get("job"):
-        entry["state"] = "Pending"
-        return _Want(max(1, entry["attempts"]), "JobRecreated")
+        # Its Job is gone and the store has no output: someone deleted it, or it failed and
+        # ttlSecondsAfterFinished removed it before it was read. The two look alike, so the
+        # attempt counts as failed: a short TTL can never replay an attempt for ever.
+        attempt = max(1, entry["attempts"])
+        retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
+        message = f"attempt {attempt} of {retries + 1}: its Job {entry['job']} vanished before it finished"
+        if attempt > retries:
+            entry.update(state="Failed", message=message, finishTime=timestamp(now))
+            return None
+        entry.update(state="Pending", message=f"{message}; retrying")
+        return _Want(attempt + 1, "JobRecreated")
     return _Want(entry["attempts"] + 1, "StageRetried" if entry["attempts"] else "StageStarted")
 
 
