@@ -105,3 +105,46 @@ def test_eto_and_ceiling_with_no_pair_fail_naming_the_mismatch(tmp_path, mode):
                                          r"0 task ids \(expert ids look like '1600', explored ones like "
                                          r"'webshop/train/1600'\)"):
         dpo(StageContext(spec, stage, dirs, tmp_path / "out"))
+
+
+class CountingEnv:
+    """An environment that counts the actions it is given; the task is solved by 'win'."""
+
+    def __init__(self):
+        self.steps: list[str] = []
+
+    def reset(self, task_id):
+        from tratree.envs import Reset
+
+        return Reset(instruction="Win the game.", observation="A room.")
+
+    def step(self, action):
+        from tratree.envs import Outcome
+
+        self.steps.append(action)
+        won = action == "win"
+        return Outcome(observation="You won." if won else "Nothing happens.", score=1.0 if won else 0.25,
+                       done=won, success=won)
+
+    def close(self):
+        """Nothing to release."""
+
+
+def test_a_reply_without_an_action_is_answered_as_eto_does_and_recorded():
+    from tratree.envs import EnvPool
+    from tratree.rollout import INVALID_FORMAT, Episode, run_episodes
+
+    replies = iter(["Thought: try.\nAction: look", "I am not sure what to do.", "Thought: go.\nAction: win"])
+
+    class Backend:
+        max_new_tokens = 16
+
+        def generate(self, requests):
+            return [next(replies) for _ in requests]
+
+    env = CountingEnv()
+    (traj,) = run_episodes([Episode("t/train/0")], EnvPool(lambda: env), Backend(), "prompt", 10, 1)
+    assert env.steps == ["look", "win"]  # the environment never saw the reply without an action
+    assert [s.action for s in traj.steps] == ["look", "I am not sure what to do.", "win"]
+    assert traj.steps[2].observation == INVALID_FORMAT  # what the agent saw after its bad reply
+    assert traj.meta["unparsed_replies"] == 1 and traj.score == 1.0

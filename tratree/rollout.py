@@ -3,8 +3,9 @@
 Each round asks the backend for one reply for every running episode at once, parses
 "Thought: ... Action: ..." and steps each episode's own environment (in threads: the
 environments are JVMs behind sockets). A finished episode frees its slot for the next one.
-A reply with no parseable action is recorded and counted, and its text is passed to the
-environment as the action, which answers it as it answers any invalid action.
+A reply with no parseable action is answered as ETO answers it ("Invalid format. The input must
+contains 'Action: '", the environment not stepped, the step counted) and recorded: its first line
+stands as the step's action and the trajectory's ``unparsed_replies`` counts it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def _finish(run: _Running, max_steps: int) -> Trajectory:
     )
 
 
+# ETO's answer to a reply without "Action:": the environment is not stepped, the step still counts
+INVALID_FORMAT = "Invalid format. The input must contains 'Action: '"
+
+
+def _act(run: _Running, action: str | None) -> Outcome:
+    if action is not None:
+        return run.env.step(action)
+    last = run.last
+    return Outcome(observation=INVALID_FORMAT, score=last.score if last else 0.0, done=False,
+                   success=last.success if last else False)
+
+
 def run_episodes(
     episodes: Iterable[Episode],
     pool: EnvPool,
@@ -99,15 +112,16 @@ def run_episodes(
                 for r in running
             ]
             replies = backend.generate(requests)
-            actions = []
+            actions: list[str | None] = []
             for r, reply in zip(running, replies, strict=True):
                 thought, action = parse_reply(reply)
+                recorded = action
                 if action is None:
                     r.unparsed += 1
-                    thought, action = "", reply.strip().splitlines()[0] if reply.strip() else ""
-                r.steps.append(Step(observation=r.observation, thought=thought, action=action))
+                    thought, recorded = "", reply.strip().splitlines()[0] if reply.strip() else ""
+                r.steps.append(Step(observation=r.observation, thought=thought, action=recorded))
                 actions.append(action)
-            outcomes = list(threads.map(lambda ra: ra[0].env.step(ra[1]), zip(running, actions, strict=True)))
+            outcomes = list(threads.map(lambda ra: _act(*ra), zip(running, actions, strict=True)))
             still = []
             for r, out in zip(running, outcomes, strict=True):
                 r.last, r.observation = out, out.observation
