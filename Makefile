@@ -34,11 +34,12 @@ test: setup cluster
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup
+bench: setup cluster
 	$(BIN)/python bench/tree_mcts.py
 	$(BIN)/python bench/explore.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/operator.py
+	$(BIN)/python bench/operator_kubernetes.py
 
 # the CRD, generated from tratree/spec.py, and the chart's copy of it
 crds: setup

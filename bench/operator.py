@@ -26,15 +26,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.harness import cluster  # noqa: E402
+from tests.cluster.harness import cluster, peak_rss_mib  # noqa: E402
 from tests.cluster.kubelet import Kubelet, always  # noqa: E402
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def run(count: int) -> dict[str, float]:

@@ -30,15 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cluster.controlplane import control_plane  # noqa: E402
+from tests.cluster.harness import peak_rss_mib  # noqa: E402
 from tests.cluster.node import NodeAgent  # noqa: E402
 from tests.test_kubernetes import FAST, OPERATOR_NS, Operator, install  # noqa: E402
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_seconds(pid: int) -> float:

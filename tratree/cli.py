@@ -365,32 +365,22 @@ def _finite(text: str) -> float:
     return value
 
 
-def _unit_float(text: str) -> float:
-    value = _finite(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
+def _checked(ok: Callable[[float], bool], why: str) -> Callable[[str], float]:
+    """An argparse type: a finite number for which ``ok`` holds, else '<text> <why>'."""
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} {why}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
-def _poll_interval(text: str) -> float:
-    value = _finite(text)
-    if value < 0.1:
-        raise argparse.ArgumentTypeError(f"{text} is below 0.1 s: the API server is not polled faster")
-    return value
+_unit_float = _checked(lambda v: 0.0 < v <= 1.0, "is not in (0, 1]")
+_non_negative_float = _checked(lambda v: v >= 0, "is negative")
+_positive_float = _checked(lambda v: v > 0, "is not positive")
+_poll_interval = _checked(lambda v: v >= 0.1, "is below 0.1 s: the API server is not polled faster")
 
 
 def _positive_int(text: str) -> int:

@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"retryBackoffSeconds": 0.3, "retryBackoffMaxSeconds": 1.0, "resyncSeconds": 2.0}
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class Cluster:
     """The emulated apiserver with an operator attached."""
 

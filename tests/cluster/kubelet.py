@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.cluster.apiserver import ApiServer
+from tests.cluster.node import local_command
 
 Decide = Callable[[dict[str, Any]], str]
 
@@ -115,16 +115,7 @@ class Kubelet:
                 for key, text in (cm or {}).get("data", {}).items():
                     (local / key).write_text(text)
 
-        def local(value: str) -> str:
-            for path, target in mounts.items():
-                if value == path or value.startswith(path + "/"):
-                    return str(target) + value[len(path):]
-            return value
-
-        env = {k: local(v) for k, v in env.items()}
-        command = [local(a) for a in container["command"]]
-        if command[0] == "tratree":
-            command = [sys.executable, "-m", "tratree", *command[1:]]
+        env, command = local_command(mounts, env, container["command"])
         proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()

@@ -40,6 +40,22 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def local_command(mounts: dict[str, Path], env: dict[str, str], command: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A container's environment and command with its mount paths mapped into local folders, and
+    ``tratree`` run by this Python (the images' entry point)."""
+
+    def local(value: str) -> str:
+        for path, target in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                return str(target) + value[len(path):]
+        return value
+
+    command = [local(a) for a in command]
+    if command and command[0] == "tratree":
+        command = [sys.executable, "-m", "tratree", *command[1:]]
+    return {k: local(v) for k, v in env.items()}, command
+
+
 class ConfigError(Exception):
     """The container cannot be configured (a Secret or ConfigMap it names is missing)."""
 
@@ -256,16 +272,7 @@ class NodeAgent:
         termination.touch()
         mounts[container.termination_message_path or TERMINATION_LOG] = termination
 
-        def local(value: str) -> str:
-            for path, target in mounts.items():
-                if value == path or value.startswith(path + "/"):
-                    return str(target) + value[len(path):]
-            return value
-
-        env = {k: local(v) for k, v in env.items()}
-        command = [local(a) for a in [*(container.command or []), *(container.args or [])]]
-        if command and command[0] == "tratree":
-            command = [sys.executable, "-m", "tratree", *command[1:]]
+        env, command = local_command(mounts, env, [*(container.command or []), *(container.args or [])])
         from tests.cluster.controlplane import ROOT
 
         env["PYTHONPATH"] = str(ROOT)
