@@ -81,7 +81,8 @@ def operator(kube, tmp_path_factory, s3_server):
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in aws}
     os.environ.update(aws)  # the operator reads stage manifests in S3 with the store's credentials
-    op = Operator(kube, folder, kubeconfig, {**config, **FAST}, ("--peering=tratree",))
+    # verbose: kopf says at DEBUG when a watch restarts after 410 Gone
+    op = Operator(kube, folder, kubeconfig, {**config, **FAST}, ("--peering=tratree", "--verbose"))
     yield op
     op.stop()
     for k, v in saved.items():
@@ -275,6 +276,27 @@ def test_job_settings_behave_as_set_on_the_real_job_controller(kube, operator, s
     st = wait_phase(kube, "late", ns, "Failed", operator, 180)
     assert "DeadlineExceeded" in st["stages"]["expert"]["message"], st["stages"]["expert"]
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
+def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothing(kube, operator, s3_env):
+    """The apiserver goes away mid-run and etcd's history is compacted meanwhile, so every watch
+    resumes from a resource version that is gone: kopf restarts its streams (410 Gone), and the
+    operator finishes the experiment with every stage's transitions on record."""
+    ns = namespace(kube, "gone")
+    s3_secret(kube, ns)
+    kube.apply(experiment("gone", s3_env), "-n", ns)
+    deadline = time.monotonic() + 300
+    while status(kube, "gone", ns).get("stages", {}).get("sft-weak", {}).get("state") != "Running":
+        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
+        time.sleep(0.3)
+    restarts = operator.log().count("Restarting the watch-stream")
+    kube.restart_apiserver(while_down=kube.compact_etcd)
+    st = wait_phase(kube, "gone", ns, "Succeeded", operator, 300)
+    assert operator.log().count("Restarting the watch-stream") > restarts, "no watch saw 410 Gone"
+    described = kube.kubectl("-n", ns, "describe", "w2sg", "gone")
+    for stage in st["stages"]:
+        assert f"stage {stage}: succeeded" in described, stage
+    kube.kubectl("-n", ns, "delete", "w2sg", "gone")
 
 
 def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env, tmp_path, cli):

@@ -129,6 +129,7 @@ class ControlPlane:
         self.folder = folder
         self.bin = bin_dir or binaries()
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.args: dict[str, list[str]] = {}
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.certs = folder / "pki"
@@ -177,10 +178,37 @@ class ControlPlane:
     # processes ------------------------------------------------------------------------------
 
     def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - the process holds it
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - the process holds it
         proc = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        self.procs.append((name, proc))
+        self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]
+        self.args[name] = args
+
+    def restart_apiserver(self, while_down: Any = None, timeout: float = 120.0) -> None:
+        """Kill kube-apiserver (every client's connections and watches drop at once), run
+        ``while_down``, start it again with the same flags and wait until it is ready."""
+        proc = dict(self.procs)["kube-apiserver"]
+        proc.kill()
+        proc.wait(30)
+        if while_down is not None:
+            while_down()
+        self._start("kube-apiserver", self.args["kube-apiserver"])
+        self._wait_ready(timeout)
+
+    def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """etcd's JSON gateway (``/v3/<method>``): for what no Kubernetes API can do, such as compaction."""
+        request = urllib.request.Request(f"{self.etcd_url}/v3/{method}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    def compact_etcd(self) -> int:
+        """Write a key outside Kubernetes' prefix and compact etcd's history up to it: every resource
+        version handed out before is then too old to watch from (410 Gone). Returns the revision."""
+        key = base64.b64encode(b"/tratree-test/compaction").decode()
+        revision = int(self.etcd("kv/put", {"key": key, "value": key})["header"]["revision"])
+        self.etcd("kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def log(self, name: str) -> str:
         path = self.folder / f"{name}.log"
