@@ -178,6 +178,20 @@ def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
     assert kube.list("jobs", ns, "tratree.io/experiment=again") == []
     kube.kubectl("-n", ns, "delete", "w2sg", "again")
 
+    # deleted and applied again at once under the same name, on a fresh store: the old Jobs (not yet
+    # collected) are another owner's, so nothing is adopted and every stage really runs again
+    old_uid = kube.get("w2sg", "e2e", ns)["metadata"]["uid"]
+    kube.kubectl("-n", ns, "delete", "w2sg", "e2e", "--wait=false")
+    renewed = experiment("e2e", s3_env)
+    renewed["spec"]["artifacts"] = f"s3://{s3_env}/experiments/e2e-again"
+    kube.apply(renewed, "-n", ns)
+    st3 = wait_phase(kube, "e2e", ns, "Succeeded", operator, 600)
+    uid = kube.get("w2sg", "e2e", ns)["metadata"]["uid"]
+    assert uid != old_uid and all(e["state"] == "Succeeded" for e in st3["stages"].values())
+    owners = {o["uid"] for j in kube.list("jobs", ns, "tratree.io/experiment=e2e")
+              for o in j["metadata"]["ownerReferences"]}
+    assert owners == {uid}
+
     # deleting it: the real garbage collector removes its Jobs, Pods and spec ConfigMap
     kube.kubectl("-n", ns, "delete", "w2sg", "e2e", "--wait=true")
     kube.wait_for(lambda: not kube.list("jobs", ns) and not kube.list("pods", ns)

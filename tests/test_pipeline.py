@@ -71,6 +71,34 @@ def test_changing_mcts_settings_reruns_only_mcts_and_what_follows(full_run, mini
     assert rerun <= {"mcts", "w2s-mcts-s0", "eval-w2s-mcts-s0", "report"}
 
 
+def test_a_newer_code_version_reuses_every_output_and_a_bumped_stage_reruns_only_what_follows(
+        full_run, mini, monkeypatch):
+    import tratree.pipeline as pipeline
+
+    root, _ = full_run
+    # another image: any change of tratree's code but a stage's own outputs keeps every stage
+    monkeypatch.setattr(pipeline, "code_version", lambda: "9.9.9+elsewhere")
+    assert set(statuses(run_pipeline(mini.spec, f"file://{root}")).values()) == {"cached"}
+    # a new version of the pairs action: both stages of that action run again and nothing else; what
+    # reads them is keyed by their outputs' digests, so it reruns only where those outputs changed
+    monkeypatch.setitem(pipeline.STAGE_VERSIONS, "pairs", pipeline.STAGE_VERSIONS["pairs"] + 1)
+    rerun = {n for n, st in statuses(run_pipeline(mini.spec, f"file://{root}")).items() if st == "done"}
+    assert rerun == {"pairs", "random-pairs"}
+
+
+def test_a_stage_reads_the_inputs_it_is_given(full_run, mini, cli):
+    root, outcomes = full_run
+    spec_file = MINI
+    prefix = outcomes["explore"].manifest["prefix"]
+    r = cli("stage", "trees", "--spec", str(spec_file), "--artifacts", f"file://{root}", f"--input=explore={prefix}")
+    assert r.returncode == 0 and "trees: cached" in r.stderr, r.stderr
+    r = cli("stage", "trees", "--spec", str(spec_file), "--artifacts", f"file://{root}",
+            "--input=explore=stages/explore/nothing-here")
+    assert r.returncode == 2 and "its input explore is not done at" in r.stderr
+    r = cli("stage", "trees", "--spec", str(spec_file), "--artifacts", f"file://{root}", "--input=expert=x")
+    assert r.returncode == 2 and "stage trees reads explore; --input named expert" in r.stderr
+
+
 def test_corrupted_artifact_is_detected_and_its_stage_rerun(full_run, mini):
     root, outcomes = full_run
     trees = root / outcomes["trees"].manifest["prefix"] / "trees.jsonl"

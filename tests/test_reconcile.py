@@ -125,7 +125,7 @@ def test_a_new_experiment_starts_its_first_stage_with_a_configmap_and_owned_labe
     assert [e.reason for e in d.events] == ["StageStarted"]
     # the name is a function of experiment, stage, plan key and attempt: a restart finds the same Job
     key = fingerprints(plan(parse_experiment(spec()).spec))["expert"]
-    assert meta["name"] == job_name("exp", "expert", key, 1) and meta["annotations"][ANNOTATION_KEY] == key
+    assert meta["name"] == job_name("exp", "expert", key, 1, "uid-1") and meta["annotations"][ANNOTATION_KEY] == key
 
 
 def test_job_settings_come_from_the_spec_over_the_operator_defaults():
@@ -174,6 +174,10 @@ def test_stages_done_in_the_store_are_cached_without_a_job():
     w = World()
     w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
     d = w.step()
+    # a Job is told exactly where its inputs are: it never recomputes their keys with its own code
+    (sft,) = [j for j in d.create if j["kind"] == "Job" and j["metadata"]["labels"][LABEL_STAGE] == "sft-weak"]
+    assert sft["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
+        "--input=expert=stages/expert/k", "--input=tokenizer=stages/tokenizer/k"]
     assert w.stage("expert")["state"] == "Cached" and w.stage("tokenizer")["state"] == "Cached"
     # TreeDPO starts from the strong model's SFT: both SFTs wait only for the expert data and the tokenizer
     assert [j["metadata"]["labels"][LABEL_STAGE] for j in d.create if j["kind"] == "Job"] == ["sft-weak",
@@ -386,10 +390,11 @@ def test_a_finished_failed_stage_stays_failed_after_its_job_is_gone():
 
 def test_job_names_are_short_and_distinct():
     long = "x" * 63
-    a = job_name(long, "eval-w2s-random-dpo-s12", "k" * 24, 1)
-    b = job_name(long, "eval-w2s-random-dpo-s13", "k" * 24, 1)
+    a = job_name(long, "eval-w2s-random-dpo-s12", "k" * 24, 1, "u")
+    b = job_name(long, "eval-w2s-random-dpo-s13", "k" * 24, 1, "u")
     assert len(a) <= 63 and len(b) <= 63 and a != b
-    assert job_name("e", "s", "k", 1) != job_name("e", "s", "k", 2)
+    assert job_name("e", "s", "k", 1, "u") != job_name("e", "s", "k", 2, "u")
+    assert job_name("e", "s", "k", 1, "u") != job_name("e", "s", "k", 1, "another uid")
 
 
 json_values = st.recursive(
@@ -490,3 +495,21 @@ def test_a_pod_that_cannot_start_shows_in_the_stage_and_fails_its_attempt_in_tim
     entry = w.stage("expert")
     assert entry["state"] == "Pending" and "could not start within 120s" in entry["message"] and why in entry["message"]
     assert "StageAttemptFailed" in [e.reason for e in d.events]
+
+
+def test_jobs_of_a_deleted_experiment_of_the_same_name_are_never_adopted():
+    w = World()
+    w.step()
+    old = w.running("expert")
+    # the experiment is deleted and applied again at once: a new uid, the old Job not yet collected
+    w.body["metadata"]["uid"] = "uid-2"
+    w.body.pop("status")
+    d = w.step()
+    (made,) = [o for o in d.create if o["kind"] == "Job"]
+    assert made["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+    assert made["metadata"]["name"] != old["metadata"]["name"]  # its own name: no 409 against the old Job
+    assert w.stage("expert")["state"] == "Running" and w.stage("expert")["attempts"] == 1
+    # the old Job finishing (or failing) changes nothing for the new experiment
+    old["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    w.step()
+    assert w.stage("expert")["state"] == "Running" and w.stage("expert")["job"] == made["metadata"]["name"]

@@ -199,7 +199,15 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from tratree.run import run_stage
 
     exp = _experiment(args.spec)
-    outcome = run_stage(exp.spec, args.name, args.artifacts)
+    inputs = None
+    if args.input:
+        inputs = {}
+        for item in args.input:
+            name, sep, prefix = item.partition("=")
+            if not sep or not name or not prefix:
+                raise CLIError(f"--input: {item!r} is not STAGE=PREFIX")
+            inputs[name] = prefix
+    outcome = run_stage(exp.spec, args.name, args.artifacts, inputs)
     print(f"{args.name}: {outcome.status} ({outcome.key}) in {outcome.seconds:.1f}s", file=sys.stderr)
 
 
@@ -455,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--spec", required=True, help="EXPERIMENT.yaml")
     sp.add_argument("--artifacts", help="store URI (default: the spec's artifacts)")
+    sp.add_argument("--input", action="append", metavar="STAGE=PREFIX",
+                    help="where an input stage's outputs are in the store (repeat for each; the operator passes them)")
 
     sp = add(sub, "expert", cmd_expert, "gold trajectories of the experiment's environment")
     sp.add_argument("experiment")

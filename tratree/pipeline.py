@@ -1,9 +1,11 @@
 """The stage graph: which stages a spec's methods need, what each reads, and its cache key.
 
 A stage is a function of its inputs: its cache key hashes the spec fields it reads (its
-``params``), the digests of its inputs' outputs and the code version. Same key, same output:
-the stored one is reused. The local runner and the operator's Jobs both plan with this module
-and run the same stage code.
+``params``), the digests of its inputs' outputs and the version of its action's outputs
+(``STAGE_VERSIONS``). Same key, same output: the stored one is reused. A change to the CLI, the
+operator, the report or any other stage never invalidates a trained model, so an image upgrade
+keeps every experiment in flight. The local runner and the operator's Jobs both plan with this
+module and run the same stage code.
 """
 
 from __future__ import annotations
@@ -38,9 +40,26 @@ class Stage:
         return f"stages/{self.name}/{key}"
 
 
+# The version of what each stage action writes. Bump an action's number when its outputs would
+# differ for the same inputs and settings (an algorithm, a format, a default it reads); that stage
+# and everything after it then runs again, and nothing else does.
+STAGE_VERSIONS: dict[str, int] = {
+    "expert": 1,
+    "tokenizer": 1,
+    "sft": 1,
+    "explore": 1,
+    "trees": 1,
+    "pairs": 1,
+    "mcts": 1,
+    "dpo": 1,
+    "evaluate": 1,
+    "report": 1,
+}
+
+
 @cache
 def code_version() -> str:
-    """tratree's version and a digest of its sources: changed code never reuses old outputs."""
+    """tratree's version and a digest of its sources, recorded in each manifest (never in a key)."""
     h = hashlib.sha256()
     root = Path(__file__).parent
     for path in sorted(root.rglob("*.py")):
@@ -52,7 +71,8 @@ def code_version() -> str:
 def cache_key(stage: Stage, input_digests: dict[str, str]) -> str:
     """The content address of a stage's outputs."""
     blob = json.dumps(
-        {"action": stage.action, "params": stage.params, "inputs": input_digests, "code": code_version()},
+        {"action": stage.action, "version": STAGE_VERSIONS[stage.action], "params": stage.params,
+         "inputs": input_digests},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -62,9 +82,7 @@ def fingerprints(stages: list[Stage]) -> dict[str, str]:
     """A key per stage from the spec alone: its params and its inputs' fingerprints.
 
     Unlike the cache key it needs no input digests, so it is known before anything runs. The
-    operator names Jobs by it and re-runs a stage when a spec edit changes it. The code version
-    is left out on purpose: upgrading the operator must not re-run the finished stages of
-    experiments in flight (the cache key, which has it, still keeps old outputs from new code).
+    operator names Jobs by it and re-runs a stage when a spec edit changes it.
     """
     out: dict[str, str] = {}
     for stage in stages:

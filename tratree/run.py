@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tratree.artifacts import Store, StoreError, open_store
-from tratree.pipeline import Stage, UnknownStage, cache_key, code_version, plan, select
+from tratree.pipeline import STAGE_VERSIONS, Stage, UnknownStage, cache_key, code_version, plan, select
 from tratree.spec import ExperimentSpec
 
 
@@ -112,7 +112,8 @@ def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: 
         "prefix": prefix,
         "params": stage.params,
         "inputs": {n: m["digest"] for n, m in inputs.items()},
-        "code_version": code_version(),
+        "stage_version": STAGE_VERSIONS[stage.action],
+        "code_version": code_version(),  # for the record: what made it, not part of the key
         "started": started,
         "seconds": time.time() - started,
         "summary": summary,
@@ -135,14 +136,34 @@ def _clear_stale(out: Path) -> None:
             path.unlink()
 
 
-def run_stage(spec: ExperimentSpec, name: str, store_uri: str | None = None) -> StageOutcome:
-    """``tratree stage NAME``: run one stage of the spec's graph against the store."""
+def given_inputs(store: Store, stage: Stage, prefixes: dict[str, str]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(cache key, input manifests) of a stage whose inputs' locations are given (``--input``), as
+    the operator passes them: the Job reads exactly those outputs, whatever code made them."""
+    if set(prefixes) != set(stage.inputs):
+        raise StageNotReady(f"stage {stage.name} reads {', '.join(stage.inputs) or 'nothing'}; "
+                            f"--input named {', '.join(sorted(prefixes)) or 'nothing'}")
+    inputs = {}
+    for name in stage.inputs:
+        manifest = store.read_manifest(prefixes[name])
+        if manifest is None:
+            raise StageNotReady(f"stage {stage.name}: its input {name} is not done at {store.url(prefixes[name])}")
+        inputs[name] = manifest
+    return cache_key(stage, {n: m["digest"] for n, m in inputs.items()}), inputs
+
+
+def run_stage(spec: ExperimentSpec, name: str, store_uri: str | None = None,
+              inputs: dict[str, str] | None = None) -> StageOutcome:
+    """``tratree stage NAME``: run one stage of the spec's graph against the store. Its inputs are
+    where ``inputs`` says (stage name -> prefix in the store), or found by their cache keys."""
     stages = {s.name: s for s in plan(spec)}
     if name not in stages:
         raise UnknownStage(f"unknown stage {name!r} (stages: {', '.join(stages)})")
     store = open_store(store_uri or spec.artifacts)
-    key, inputs = stage_key(store, stages, stages[name])
-    return execute(store, spec, stages[name], key, inputs)
+    if inputs is not None:
+        key, found = given_inputs(store, stages[name], inputs)
+    else:
+        key, found = stage_key(store, stages, stages[name])
+    return execute(store, spec, stages[name], key, found)
 
 
 def run_pipeline(

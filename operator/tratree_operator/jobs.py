@@ -1,7 +1,7 @@
 """The Kubernetes objects the operator makes for an experiment: its spec ConfigMap and stage Jobs.
 
-Names are deterministic: the same experiment, stage, plan key and attempt always give the same
-Job name, so a restarted operator finds the Job it made instead of making a second one.
+Names are deterministic: the same experiment (object), stage, plan key and attempt always give the
+same Job name, so a restarted operator finds the Job it made instead of making a second one.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def configmap_name(experiment: str) -> str:
     return _name(experiment, "spec")
 
 
-def job_name(experiment: str, stage: str, key: str, attempt: int) -> str:
-    """``<experiment>-<stage>-<8 hex>``: the hex covers the plan key and attempt number."""
-    digest = hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:8]
+def job_name(experiment: str, stage: str, key: str, attempt: int, uid: str) -> str:
+    """``<experiment>-<stage>-<8 hex>``: the hex covers the plan key, the attempt number and the
+    experiment's uid, so an experiment deleted and applied again under the same name never meets
+    the old one's Jobs (still being garbage-collected) under its own names."""
+    digest = hashlib.sha256(f"{key}/{attempt}/{uid}".encode()).hexdigest()[:8]
     return f"{_name(experiment, stage, limit=54)}-{digest}"
 
 
@@ -81,13 +83,15 @@ def _secret_env(secret: str | None, hf_secret: str | None) -> tuple[list[dict[st
 
 
 def job_manifest(
-    meta: dict[str, Any], spec: ExperimentSpec, stage: Stage, key: str, attempt: int, config: OperatorConfig
+    meta: dict[str, Any], spec: ExperimentSpec, stage: Stage, key: str, attempt: int, config: OperatorConfig,
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Job that runs ``tratree stage NAME`` for one attempt of one stage."""
+    """The Job that runs ``tratree stage NAME`` for one attempt of one stage; ``inputs`` (input stage ->
+    its prefix in the store) are passed as ``--input``."""
     k8s = spec.kubernetes
     res = config.resources_for(stage.kind, k8s.stages.get(stage.kind))
     image = res.image or getattr(config.images, IMAGE_OF_KIND[stage.kind])
-    name = job_name(meta["name"], stage.name, key, attempt)
+    name = job_name(meta["name"], stage.name, key, attempt, meta["uid"])
     labels = {LABEL_EXPERIMENT: meta["name"], LABEL_STAGE: stage.name, LABEL_ATTEMPT: str(attempt), **MANAGED_BY}
     queue = k8s.queue_name or config.queue_name
     if queue:
@@ -113,7 +117,8 @@ def job_manifest(
         "name": "stage",
         "image": image,
         "imagePullPolicy": config.images.pull_policy,
-        "command": [*launcher, "stage", stage.name, "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--artifacts", spec.artifacts],
+        "command": [*launcher, "stage", stage.name, "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--artifacts", spec.artifacts,
+                    *(f"--input={n}={p}" for n, p in sorted((inputs or {}).items()))],
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},

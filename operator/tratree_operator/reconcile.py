@@ -213,6 +213,13 @@ def experiment_of(body: dict[str, Any]) -> Experiment:
                              "spec": body.get("spec")}, source=f"{KIND} {meta.get('namespace')}/{meta['name']}")
 
 
+def _owned(jobs: list[dict[str, Any]], uid: str | None) -> list[dict[str, Any]]:
+    """The Jobs this very experiment owns. A Job of a deleted experiment of the same name (the garbage
+    collector has not removed it yet) carries the label but another owner's uid: never adopted."""
+    return [j for j in jobs if any(o.get("uid") == uid and o.get("controller")
+                                   for o in j.get("metadata", {}).get("ownerReferences") or [])]
+
+
 def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     """What to do about one experiment, given what is observed now."""
     body = observed.body
@@ -230,7 +237,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     keys = fingerprints(stages)
     by_name = {s.name: s for s in stages}
     jobs_of: dict[str, list[JobView]] = defaultdict(list)
-    for job in observed.jobs:
+    for job in _owned(observed.jobs, meta.get("uid")):
         view = JobView.of(job, observed.pods)
         jobs_of[view.stage].append(view)
 
@@ -277,7 +284,11 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         if want.due is not None and want.due > now_t:
             waits.append((want.due - now_t).total_seconds())
             continue
-        job = job_manifest(meta, spec, stage, keys[name], want.attempt, config)
+        found = observed.manifests or {}
+        # the exact outputs its inputs left in the store, when the operator could read them: the Job
+        # reads those, whichever code version made them
+        inputs = {n: found[n]["prefix"] for n in stage.inputs} if all(n in found for n in stage.inputs) else None
+        job = job_manifest(meta, spec, stage, keys[name], want.attempt, config, inputs)
         decision.create.append(job)
         created = True
         entry = entries[name]
