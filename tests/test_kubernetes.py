@@ -36,19 +36,25 @@ FAST = {"retryBackoffSeconds": 0.5, "retryBackoffMaxSeconds": 2.0, "resyncSecond
 class Operator:
     """`python -m tratree_operator` as the chart runs it, with the chart's ServiceAccount token."""
 
-    def __init__(self, kube, folder: Path, kubeconfig: Path, config: dict[str, Any], args: tuple[str, ...]) -> None:
+    def __init__(self, kube, folder: Path, kubeconfig: Path, config: dict[str, Any], args: tuple[str, ...],
+                 root: Path = ROOT) -> None:
         self.kube, self.folder = kube, folder
         self.config = folder / "operator.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.log_path = folder / "operator.log"
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config),
-               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "operator")])}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tratree_operator", "--liveness", "",
-                                          "--metrics-port", "0", *args], env=env, stdout=log, stderr=log)
+               "PYTHONPATH": os.pathsep.join([str(root), str(root / "operator")])}
+        self.env = env
+        self.command = [sys.executable, "-m", "tratree_operator", "--liveness", "", "--metrics-port", "0", *args]
+        self.restart()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def restart(self) -> None:
+        """Start the same operator again (after ``stop``)."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -311,6 +317,51 @@ def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothi
     for stage in st["stages"]:
         assert f"stage {stage}: succeeded" in described, stage
     kube.kubectl("-n", ns, "delete", "w2sg", "gone")
+
+
+def test_the_readme_upgrade_keeps_an_experiment_in_flight(kube, operator, s3_env, tmp_path):
+    """Mid-run, the README's upgrade: CRDs applied server-side, then the operator and the stage
+    images move to a newer code version (a copy of tratree with one file changed). The experiment
+    finishes; nothing done before runs again; later stages record the new code version."""
+    import shutil
+
+    from tratree.pipeline import code_version
+
+    ns = namespace(kube, "upgrade")
+    s3_secret(kube, ns)
+    kube.apply(experiment("inflight", s3_env), "-n", ns)
+    deadline = time.monotonic() + 300
+    while status(kube, "inflight", ns).get("stages", {}).get("sft-weak", {}).get("state") != "Succeeded":
+        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
+        time.sleep(0.3)
+    before = {j["metadata"]["name"] for j in kube.list("jobs", ns)}
+
+    newer = tmp_path / "newer"
+    for part in ("tratree", "operator"):
+        shutil.copytree(ROOT / part, newer / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with (newer / "tratree" / "stages" / "report.py").open("a") as fh:
+        fh.write("\n# a newer release\n")
+    operator.stop()
+    kube.kubectl("apply", "--server-side", "-f", str(ROOT / "charts" / "tratree" / "crds"))
+    upgraded = Operator(kube, tmp_path, kube.service_account_kubeconfig(OPERATOR_NS, "tratree"),
+                        yaml.safe_load(operator.config.read_text()), ("--peering=tratree",), root=newer)
+    kube.node.pythonpath = newer
+    try:
+        st = wait_phase(kube, "inflight", ns, "Succeeded", upgraded, 300)
+    finally:
+        kube.node.pythonpath = ROOT
+        upgraded.stop()
+        operator.restart()
+    after = {j["metadata"]["name"]: j for j in kube.list("jobs", ns)}
+    assert before <= set(after)
+    redone = {after[n]["metadata"]["labels"]["tratree.io/stage"] for n in set(after) - before}
+    assert redone and not redone & {"expert", "tokenizer", "sft-weak"}, redone
+    import boto3
+
+    report = st["artifacts"]["report"].removeprefix(f"s3://{s3_env}/")
+    manifest = json.loads(boto3.client("s3").get_object(Bucket=s3_env, Key=f"{report}/manifest.json")["Body"].read())
+    assert manifest["code_version"] != code_version()  # made by the newer release, on the older outputs
+    kube.kubectl("-n", ns, "delete", "w2sg", "inflight")
 
 
 def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env, tmp_path, cli):

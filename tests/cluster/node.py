@@ -80,6 +80,7 @@ class NodeAgent:
     gpus: int = 8
     poll: float = 0.2
     instant: bool = False  # every Pod succeeds at once without running (benchmarks of the control loop)
+    pythonpath: Path | None = None  # where the "image's" tratree is (default: this checkout)
     logs: dict[str, str] = field(default_factory=dict)  # Pod name -> output, once finished
     _running: dict[str, _Running] = field(default_factory=dict)
     _finished: set[str] = field(default_factory=set)
@@ -275,7 +276,7 @@ class NodeAgent:
         env, command = local_command(mounts, env, [*(container.command or []), *(container.args or [])])
         from tests.cluster.controlplane import ROOT
 
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = str(self.pythonpath or ROOT)
         log = folder / "output.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
