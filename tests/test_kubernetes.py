@@ -130,6 +130,14 @@ def status(kube, name: str, ns: str) -> dict[str, Any]:
     return (kube.get("w2sg", name, ns) or {}).get("status") or {}
 
 
+def wait_stage(kube, name: str, ns: str, stage: str, state: str, operator: Operator, timeout: float = 300) -> None:
+    """Wait until the experiment's stage is in ``state`` (mid-run checkpoints of a test)."""
+    deadline = time.monotonic() + timeout
+    while status(kube, name, ns).get("stages", {}).get(stage, {}).get("state") != state:
+        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
+        time.sleep(0.3)
+
+
 def wait_phase(kube, name: str, ns: str, phase: str, operator: Operator, timeout: float) -> dict[str, Any]:
     """Wait for the phase; fail at once, with what a person would look at, on the other end or a 403."""
     deadline = time.monotonic() + timeout
@@ -305,10 +313,7 @@ def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothi
     ns = namespace(kube, "gone")
     s3_secret(kube, ns)
     kube.apply(experiment("gone", s3_env), "-n", ns)
-    deadline = time.monotonic() + 300
-    while status(kube, "gone", ns).get("stages", {}).get("sft-weak", {}).get("state") != "Running":
-        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
-        time.sleep(0.3)
+    wait_stage(kube, "gone", ns, "sft-weak", "Running", operator)
     restarts = operator.log().count("Restarting the watch-stream")
     kube.restart_apiserver(while_down=kube.compact_etcd)
     st = wait_phase(kube, "gone", ns, "Succeeded", operator, 300)
@@ -330,10 +335,7 @@ def test_the_readme_upgrade_keeps_an_experiment_in_flight(kube, operator, s3_env
     ns = namespace(kube, "upgrade")
     s3_secret(kube, ns)
     kube.apply(experiment("inflight", s3_env), "-n", ns)
-    deadline = time.monotonic() + 300
-    while status(kube, "inflight", ns).get("stages", {}).get("sft-weak", {}).get("state") != "Succeeded":
-        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
-        time.sleep(0.3)
+    wait_stage(kube, "inflight", ns, "sft-weak", "Succeeded", operator)
     before = {j["metadata"]["name"] for j in kube.list("jobs", ns)}
 
     newer = tmp_path / "newer"
@@ -407,10 +409,7 @@ def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     ns = namespace(kube, "rbac")
     s3_secret(kube, ns)
     kube.apply(experiment("edited", s3_env), "-n", ns)
-    deadline = time.monotonic() + 300
-    while status(kube, "edited", ns).get("stages", {}).get("eval-sft-weak-s0", {}).get("state") != "Running":
-        assert time.monotonic() < deadline, diagnose(kube, ns, operator)
-        time.sleep(0.3)
+    wait_stage(kube, "edited", ns, "eval-sft-weak-s0", "Running", operator)
     kube.kubectl("-n", ns, "patch", "w2sg", "edited", "--type=merge", "-p", '{"spec": {"evaluation": {"temperature": 0.5}}}')
     st = wait_phase(kube, "edited", ns, "Succeeded", operator, 300)
     assert st["stages"]["eval-sft-weak-s0"]["state"] == "Succeeded"
