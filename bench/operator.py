@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.harness import cluster, peak_rss_mib  # noqa: E402
+from tests.cluster.harness import cluster, peak_rss_mib, print_operator_benchmark  # noqa: E402
 from tests.cluster.kubelet import Kubelet, always  # noqa: E402
 
 
@@ -59,17 +57,7 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=100)
     args = parser.parse_args()
     r = asyncio.run(run(args.experiments))
-    table = Table(title=f"operator: {r['experiments']} experiments × 24 stages, instant-success Jobs")
-    for col in ("experiments", "Jobs", "time to all Succeeded", "Jobs/s", "API requests / experiment",
-                "operator peak RSS"):
-        table.add_column(col, justify="right")
-    table.add_row(str(r["experiments"]), str(r["jobs"]), f"{r['seconds']:.1f} s", f"{r['jobs'] / r['seconds']:.1f}",
-                  f"{r['requests'] / r['experiments']:.1f}", f"{r['rss']:.0f} MiB")
-    console = Console()
-    console.print(table)
-    verbs = ", ".join(f"{k} {v / r['experiments']:.1f}" for k, v in sorted(r["by_verb"].items()))
-    console.print(f"requests per experiment by verb: {verbs}")
-
+    print_operator_benchmark(f"operator: {r['experiments']} experiments × 24 stages, instant-success Jobs", r)
 
 if __name__ == "__main__":
     main()

@@ -23,14 +23,12 @@ import time
 from pathlib import Path
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cluster.controlplane import control_plane  # noqa: E402
-from tests.cluster.harness import peak_rss_mib  # noqa: E402
+from tests.cluster.harness import peak_rss_mib, print_operator_benchmark  # noqa: E402
 from tests.cluster.node import NodeAgent  # noqa: E402
 from tests.test_kubernetes import FAST, OPERATOR_NS, Operator, install  # noqa: E402
 
@@ -84,19 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", type=int, default=100)
     r = run(parser.parse_args().experiments)
-    table = Table(title=f"operator on a real control plane: {r['experiments']} experiments × 24 stages, "
-                        "Pods that succeed at once")
-    for col in ("experiments", "Jobs", "time to all Succeeded", "Jobs/s", "API requests / experiment",
-                "operator peak RSS", "kube-apiserver CPU", "etcd CPU"):
-        table.add_column(col, justify="right")
-    table.add_row(str(r["experiments"]), str(r["jobs"]), f"{r['seconds']:.1f} s", f"{r['jobs'] / r['seconds']:.1f}",
-                  f"{r['requests'] / r['experiments']:.1f}", f"{r['rss']:.0f} MiB",
-                  f"{r['cpu']['kube-apiserver']:.1f} s", f"{r['cpu']['etcd']:.1f} s")
-    console = Console()
-    console.print(table)
-    verbs = ", ".join(f"{k} {v / r['experiments']:.1f}" for k, v in sorted(r["by_verb"].items()))
-    console.print(f"requests per experiment by verb: {verbs}")
-
+    print_operator_benchmark(f"operator on a real control plane: {r['experiments']} experiments × 24 stages, "
+                             "Pods that succeed at once", r,
+                             {"kube-apiserver CPU": f"{r['cpu']['kube-apiserver']:.1f} s",
+                              "etcd CPU": f"{r['cpu']['etcd']:.1f} s"})
 
 if __name__ == "__main__":
     main()

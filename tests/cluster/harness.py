@@ -30,6 +30,25 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def print_operator_benchmark(title: str, r: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    """The operator benchmarks' table (plus ``extra`` columns) and their requests per experiment by verb."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = {"experiments": str(r["experiments"]), "Jobs": str(r["jobs"]),
+               "time to all Succeeded": f"{r['seconds']:.1f} s", "Jobs/s": f"{r['jobs'] / r['seconds']:.1f}",
+               "API requests / experiment": f"{r['requests'] / r['experiments']:.1f}",
+               "operator peak RSS": f"{r['rss']:.0f} MiB", **(extra or {})}
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    table.add_row(*columns.values())
+    console = Console()
+    console.print(table)
+    verbs = ", ".join(f"{k} {v / r['experiments']:.1f}" for k, v in sorted(r["by_verb"].items()))
+    console.print(f"requests per experiment by verb: {verbs}")
+
+
 class Cluster:
     """The emulated apiserver with an operator attached."""
 
