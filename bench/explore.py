@@ -56,7 +56,7 @@ def exploration(batch: int, model_dir: str, tasks: int = 24, samples: int = 4) -
     with env_pool(env_factory(spec.environment)) as pool:
         pool.prestart(batch)  # JVM start-up is paid once per run, not per episode: keep it out
         t0 = time.perf_counter()
-        n = sum(1 for _ in run_episodes(episodes, pool, backend, PROMPTS["textworldexpress"], 8, batch))
+        n = sum(1 for _ in run_episodes(episodes, pool, backend, PROMPTS["textworldexpress"], lambda _: 8, batch))
         dt = time.perf_counter() - t0
     return n / dt * 60, backend.generated_tokens / dt, n
 

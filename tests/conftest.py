@@ -49,6 +49,7 @@ QUICK_ENV = {
     "tasks": ["cookingworld"],
     "gameParams": "numLocations=1,numIngredients=2,numDistractorItems=2,includeDoors=0,limitInventorySize=0",
     "maxSteps": 6,
+    "iclExample": False,
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from tratree.expert import expert_trajectories
 from tratree.explore import explore
 from tratree.pairs import expert_pairs
+from tratree.policy.prompts import PROMPTS, acting_prompt, conversation
 from tratree.spec import parse_experiment
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def test_eto_format_experts_pair_with_live_scienceworld_explorations(tmp_path, m
     from tratree.envs import make_env
     from tratree.spec import EnvironmentSpec
 
-    env_spec = {"name": "scienceworld", "tasks": ["find-animal"], "gameParams": "easy", "maxSteps": 2, "trainTasks": 2}
+    env_spec = {"name": "scienceworld", "tasks": ["find-animal"], "gameParams": "easy", "protocol": "eto"}
     env = make_env(EnvironmentSpec.model_validate(env_spec))
     try:
         task_ids = env.tasks("train")["find-animal"][:2]
@@ -53,8 +54,7 @@ def test_eto_format_experts_pair_with_live_scienceworld_explorations(tmp_path, m
             steps = [(a, env.step(a).observation) for a in gold]
             variation = task_id.rsplit("/", 1)[1]
             # ETO's id for task-3-find-animal is 11: "<11>_<variation>"
-            conversations.append(eto_conversation(f"11_{variation}", f"{start.instruction}\n{start.observation}",
-                                                  steps, 1.0))
+            conversations.append(eto_conversation(f"11_{variation}", start.instruction, steps, 1.0))
     finally:
         env.close()
     path = tmp_path / "sciworld_sft.json"
@@ -65,8 +65,15 @@ def test_eto_format_experts_pair_with_live_scienceworld_explorations(tmp_path, m
     expert = expert_trajectories(spec)
     assert [t.task_id for t in expert] == task_ids
     assert [t.meta["eto_id"] for t in expert] == [c["id"] for c in conversations]
-    own = explore(spec, Scripted(), tmp_path / "own.jsonl", model="scripted", samples=1)
-    assert {t.task_id for t in own} == set(task_ids)
+    # ETO's protocol: exploration runs on the expert file's tasks, for ETO's step limit (find-animal: 15)
+    prompt = acting_prompt("scienceworld", True, expert)
+    own = explore(spec, Scripted(), tmp_path / "own.jsonl", model="scripted", prompt=prompt, samples=1)
+    assert [t.task_id for t in own] == task_ids and all(len(t.steps) == 15 for t in own)
+    # live episodes open as ETO's expert conversations do: the same task turn, the example in the prompt
+    for live, gold in zip(own, expert, strict=True):
+        assert conversation(prompt, live.instruction, live.steps)[2] == conversation(
+            PROMPTS["scienceworld"], gold.instruction, gold.steps)[2] == {"role": "user", "content": gold.instruction}
+    assert prompt.startswith(PROMPTS["scienceworld"] + "\n---\nHere is an example.\n" + expert[0].instruction)
     for mode in ("eto", "ceiling"):
         pairs = expert_pairs(expert, own, mode)
         assert len(pairs) == 2 and all(p.chosen_value > p.rejected_value for p in pairs), mode
@@ -143,7 +150,7 @@ def test_a_reply_without_an_action_is_answered_as_eto_does_and_recorded():
             return [next(replies) for _ in requests]
 
     env = CountingEnv()
-    (traj,) = run_episodes([Episode("t/train/0")], EnvPool(lambda: env), Backend(), "prompt", 10, 1)
+    (traj,) = run_episodes([Episode("t/train/0")], EnvPool(lambda: env), Backend(), "prompt", lambda _: 10, 1)
     assert env.steps == ["look", "win"]  # the environment never saw the reply without an action
     assert [s.action for s in traj.steps] == ["look", "I am not sure what to do.", "win"]
     assert traj.steps[2].observation == INVALID_FORMAT  # what the agent saw after its bad reply

@@ -111,8 +111,12 @@ def test_scienceworld_runs_with_etos_simplifications_and_keeps_the_best_score(sc
     task_id = sciworld.tasks("train")["lifespan-longest-lived"][0]
     gold = sciworld.gold_actions(task_id)
     start = sciworld.reset(task_id)
+    # ETO's first turn: the task alone; the agent looks around itself
+    assert start.observation == start.instruction and start.instruction.startswith("Your task is to")
     # as the prompt says: doors and containers are open from the start
-    assert "(that is open)" in start.observation and "closed" not in start.observation
+    room = sciworld.step("look around").observation
+    assert "(that is open)" in room and "closed" not in room
+    sciworld.reset(task_id)
     for action in gold[:4]:  # to the animals outside: partial credit
         out = sciworld.step(action)
     assert 0.0 < out.score < 1.0 and not out.done
@@ -202,3 +206,62 @@ def test_cli_reports_missing_data_in_one_line(cli, tmp_path):
 def test_unknown_games_are_refused():
     with pytest.raises(ValueError, match="unknown TextWorldExpress game 'chess'"):
         make_env(EnvironmentSpec(name="textworldexpress", tasks=["chess"]))
+
+
+@pytest.mark.slow
+def test_etos_scienceworld_protocol_has_its_task_types_splits_and_step_limits(monkeypatch):
+    from tratree.envs import step_limit
+    from tratree.envs.eto_sciworld import TASKS
+
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m")
+    spec = EnvironmentSpec(name="scienceworld", tasks=[], game_params="easy", protocol="eto")
+    env = make_env(spec)
+    try:
+        test, dev = env.tasks("test"), env.tasks("dev")
+        assert tuple(test) == TASKS and len(TASKS) == 24
+        assert sum(map(len, test.values())) == 211 and sum(map(len, dev.values())) == 194
+        own = make_env(EnvironmentSpec(name="scienceworld", tasks=list(TASKS), game_params="easy"))
+        try:
+            for task in TASKS:
+                theirs = own.tasks("test")[task]
+                # ETO's unseen test set: the first ten of each task type's own test variations
+                assert test[task] == theirs[:10], task
+                assert set(dev[task]) <= set(own.tasks("dev")[task]), task
+        finally:
+            own.close()
+    finally:
+        env.close()
+    limit = step_limit(spec)
+    assert limit("boil/test/21") == 100 and limit("lifespan-longest-lived/test/93") == 10
+    assert step_limit(EnvironmentSpec(name="scienceworld", max_steps=7))("boil/test/21") == 7
+
+
+def test_etos_step_limits_for_webshop_and_alfworld_and_maxsteps_otherwise():
+    from tratree.envs import step_limit
+
+    assert step_limit(EnvironmentSpec(name="webshop", protocol="eto"))("webshop/test/3") == 10
+    assert step_limit(EnvironmentSpec(name="alfworld", protocol="eto", max_steps=9))("alfworld/test/3") == 40
+    assert step_limit(EnvironmentSpec(name="alfworld", max_steps=9))("alfworld/test/3") == 9
+
+
+@pytest.mark.parametrize(("env", "tasks", "message"), [
+    ("scienceworld", ["inclined-plane-determine-angle"], "not one of ETO's ScienceWorld task types"),
+    ("textworldexpress", ["cookingworld"], "ETO has no TextWorldExpress protocol"),
+])
+def test_eto_protocol_refuses_what_eto_never_ran(env, tasks, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        EnvironmentSpec(name=env, tasks=tasks, protocol="eto")
+
+
+def test_alfworld_episodes_are_laid_out_as_etos_data():
+    from tratree.envs.alfworld import clean_observation, first_turn
+
+    reset = ("-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. Looking quickly around you, "
+             "you see a cabinet 1, and a toilet 1.\n\nYour task is to: put some spraybottle on toilet.")
+    assert first_turn(reset) == ("You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
+                                 "and a toilet 1.\nYour task is to: put some spraybottle on toilet.")
+    assert clean_observation("You arrive at loc 12. On the cabinet 1, you see a cloth 1.") == \
+        "On the cabinet 1, you see a cloth 1."
+    assert clean_observation("Nothing happens.") == "Nothing happens."

@@ -11,9 +11,12 @@ from tratree.evaluate import evaluate, metrics
 from tratree.explore import explore
 from tratree.formats import Trajectory, read_jsonl
 from tratree.policy.base import GenerationRequest
+from tratree.policy.prompts import PROMPTS
 from tratree.policy.transformers_backend import TransformersBackend
 
 pytestmark = pytest.mark.integration
+
+P = PROMPTS["textworldexpress"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend, ti
     spec = small_spec()
     out = tmp_path / "explored.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        explore(spec, Interrupting(backend, after=9), out, model=str(tiny_weak_dir), limit=4)
+        explore(spec, Interrupting(backend, after=9), out, model=str(tiny_weak_dir), prompt=P, limit=4)
     partial = tmp_path / "explored.jsonl.partial"
     assert not out.exists() and partial.exists()
     first = [Trajectory.model_validate_json(x) for x in partial.read_text().splitlines()[1:]]
@@ -47,7 +50,7 @@ def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend, ti
     # a line cut off by the interruption is dropped on resume
     with partial.open("a") as fh:
         fh.write('{"task_id": "cookingworld/tr')
-    trajs = explore(spec, backend, out, model=str(tiny_weak_dir), limit=4)
+    trajs = explore(spec, backend, out, model=str(tiny_weak_dir), prompt=P, limit=4)
     assert not partial.exists()
     assert len(trajs) == 12 == len(read_jsonl(out, Trajectory))
     keys = [(t.task_id, t.meta["sample"]) for t in trajs]
@@ -66,11 +69,11 @@ def test_exploration_writes_m_samples_per_task_and_resumes(tmp_path, backend, ti
 
 def test_evaluation_metrics_and_best_of_n(tmp_path, backend, tiny_weak_dir):
     spec = small_spec(environment={"testTasks": 3})
-    result = evaluate(spec, backend, tmp_path / "ev.jsonl", model=str(tiny_weak_dir))
+    result = evaluate(spec, backend, tmp_path / "ev.jsonl", model=str(tiny_weak_dir), prompt=P)
     assert result["split"] == "test" and result["tasks"] == 3 and result["episodes"] == 3
     assert all(k.startswith("cookingworld/test/") for k in result["per_task"]) and len(result["per_task"]) == 3
     assert 0 <= result["average_reward"] <= 100 and 0 <= result["success_rate"] <= 100
-    best = evaluate(spec, backend, tmp_path / "bon.jsonl", model=str(tiny_weak_dir), best_of=2)
+    best = evaluate(spec, backend, tmp_path / "bon.jsonl", model=str(tiny_weak_dir), prompt=P, best_of=2)
     assert best["episodes"] == 6 and best["best_of"] == 2 and best["tasks"] == 3
 
 
@@ -91,9 +94,10 @@ def test_a_resume_never_mixes_episodes_of_another_model_or_setting(tmp_path, bac
     partial = tmp_path / "episodes.jsonl.partial"
 
     def go(model, inner, **kw):
+        spec_, prompt = kw.pop("spec", spec), kw.pop("prompt", P)
         if run == "explore":
-            return explore(kw.pop("spec", spec), inner, out, model=str(model), limit=4)
-        return evaluate(kw.pop("spec", spec), inner, out, model=str(model), best_of=3)
+            return explore(spec_, inner, out, model=str(model), prompt=prompt, limit=4)
+        return evaluate(spec_, inner, out, model=str(model), prompt=prompt, best_of=3)
 
     with pytest.raises(KeyboardInterrupt):
         go(tiny_weak_dir, Interrupting(backend, after=9))
@@ -109,6 +113,13 @@ def test_a_resume_never_mixes_episodes_of_another_model_or_setting(tmp_path, bac
         go(other, Interrupting(backend, after=0))
     assert _partial_count(partial) == 0
     assert "made by another model or other settings; starting afresh" in capfd.readouterr().err
+    # another acting prompt (an in-context example) under the same model: afresh as well
+    with pytest.raises(KeyboardInterrupt):
+        go(other, Interrupting(backend, after=9))
+    assert _partial_count(partial) > 0
+    with pytest.raises(KeyboardInterrupt):
+        go(other, Interrupting(backend, after=0), prompt=P + "\n---\nHere is an example.")
+    assert _partial_count(partial) == 0
     # other sampling settings under the same model: those episodes are redone too
     with pytest.raises(KeyboardInterrupt):
         go(other, Interrupting(backend, after=9))

@@ -37,6 +37,26 @@ def test_conversation_layout_follows_eto():
     assert conversation("P", "X", [Step(observation="X", action="a")])[2]["content"] == "X"
 
 
+def test_acting_prompts_carry_the_shortest_best_expert_episode_as_etos_one_shot_example():
+    from tratree.formats import Trajectory
+    from tratree.policy.prompts import acting_prompt, choose_example
+
+    def traj(task, actions, score):
+        steps = [Step(observation=f"{task} o{k}", thought=f"t{k}", action=a) for k, a in enumerate(actions)]
+        return Trajectory(task_id=task, instruction=f"{task} goal", steps=steps, score=score)
+
+    expert = [traj("a/train/0", ["x", "y", "z"], 1.0), traj("a/train/1", ["x"], 0.5), traj("a/train/2", ["p", "q"], 1.0),
+              traj("a/train/3", ["r", "s"], 1.0)]
+    assert choose_example(expert) is expert[2]
+    prompt = acting_prompt("scienceworld", True, expert)
+    assert prompt == (PROMPTS["scienceworld"] + "\n---\nHere is an example.\na/train/2 goal\na/train/2 o0\n"
+                      "Thought: t0\nAction: p\nObservation: a/train/2 o1\n\nThought: t1\nAction: q\n---\n\n"
+                      "Now, it's your turn.")
+    assert acting_prompt("scienceworld", False, expert) == PROMPTS["scienceworld"]
+    with pytest.raises(ValueError, match="no expert trajectory to take the example from"):
+        acting_prompt("scienceworld", True, [])
+
+
 def test_fit_drops_oldest_turns_but_keeps_task_and_latest():
     steps = [Step(observation=f"o{i}", action=f"a{i}") for i in range(6)]
     chat = conversation("P", "T", steps, "now")

@@ -222,12 +222,34 @@ def cmd_expert(args: argparse.Namespace) -> None:
     print(f"{len(trajs)} expert trajectories ({full} at full score) -> {args.output}", file=sys.stderr)
 
 
+def _acting_prompt(exp, expert_file: str | None) -> str:
+    """The acting prompt of the experiment; its in-context example comes from ``expert_file`` (expert
+    trajectories JSONL) or else from the spec's expert source."""
+    from tratree.policy.prompts import acting_prompt
+
+    env = exp.spec.environment
+    expert = None
+    if env.icl_example:
+        if expert_file:
+            from tratree.formats import Trajectory, read_jsonl
+
+            expert = read_jsonl(expert_file, Trajectory)
+        else:
+            from tratree.expert import expert_trajectories
+
+            expert = expert_trajectories(exp.spec, "train")
+    try:
+        return acting_prompt(env.name, env.icl_example, expert)
+    except ValueError as err:
+        raise CLIError(f"{expert_file or exp.spec.expert.path or 'expert'}: {err}") from None
+
+
 def cmd_explore(args: argparse.Namespace) -> None:
     from tratree.explore import explore
 
     exp = _experiment(args.experiment)
-    trajs = explore(exp.spec, _backend(exp, args.model), args.output, model=args.model, policy=args.policy_name,
-                    limit=args.limit)
+    trajs = explore(exp.spec, _backend(exp, args.model), args.output, model=args.model,
+                    prompt=_acting_prompt(exp, args.expert), policy=args.policy_name, limit=args.limit)
     ok = sum(t.success for t in trajs)
     print(f"{len(trajs)} trajectories ({ok} successful) -> {args.output}", file=sys.stderr)
 
@@ -241,8 +263,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     exp = _experiment(args.experiment)
     out = Path(args.output)
     trajs = args.trajectories or str(out.with_name(out.stem + ".trajectories.jsonl"))
-    result = evaluate(exp.spec, _backend(exp, args.model), trajs, model=args.model, split=args.split,
-                      limit=args.limit, best_of=args.best_of)
+    result = evaluate(exp.spec, _backend(exp, args.model), trajs, model=args.model,
+                      prompt=_acting_prompt(exp, args.expert), split=args.split, limit=args.limit, best_of=args.best_of)
     result["model"] = args.model
     dump_json(out, result)
     print(f"{result['split']}: average reward {result['average_reward']:.1f}, success rate "
@@ -478,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True)
     sp.add_argument("--limit", type=_positive_int, default=None, help="at most N tasks")
     sp.add_argument("--policy-name", default="sft-weak", help="recorded in each trajectory's meta.policy")
+    sp.add_argument("--expert", metavar="EXPERT.jsonl",
+                    help="expert trajectories to take the in-context example from (default: the spec's expert)")
 
     sp = add(sub, "evaluate", cmd_evaluate, "average reward and success rate on held-out tasks")
     sp.add_argument("experiment")
@@ -487,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=_positive_int, default=None, help="at most N tasks")
     sp.add_argument("--best-of", type=_positive_int, default=None, help="N sampled episodes per task, best kept")
     sp.add_argument("--trajectories", help="where the episodes go (default: beside METRICS.json)")
+    sp.add_argument("--expert", metavar="EXPERT.jsonl",
+                    help="expert trajectories to take the in-context example from (default: the spec's expert)")
 
     sp = add(sub, "submit", cmd_submit, "create the W2SGExperiment on a cluster; --wait follows it to the end")
     sp.add_argument("experiment")

@@ -10,10 +10,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tratree.envs import env_factory, env_pool
+from tratree.envs import env_factory, env_pool, step_limit
 from tratree.formats import Trajectory, write_jsonl
 from tratree.policy.base import Backend
-from tratree.policy.prompts import PROMPTS
 from tratree.rollout import Episode, run_episodes
 from tratree.spec import ExperimentSpec
 
@@ -41,11 +40,13 @@ def model_fingerprint(model: str) -> str:
     return h.hexdigest()
 
 
-def run_binding(spec: ExperimentSpec, model: str) -> str:
-    """A digest of what produced a run's episodes besides their own sampling settings: the model,
-    the environment and the policy's generation settings. A partial file is resumed only under it."""
+def run_binding(spec: ExperimentSpec, model: str, prompt: str) -> str:
+    """A digest of what produced a run's episodes besides their own sampling settings: the model, the
+    acting prompt, the environment and the policy's generation settings. A partial file is resumed
+    only under it."""
     blob = json.dumps({
         "model": model_fingerprint(model),
+        "prompt": hashlib.sha256(prompt.encode()).hexdigest(),
         "environment": spec.environment.model_dump(mode="json"),
         "policy": spec.policy.model_dump(mode="json", include={"backend", "endpoint", "max_new_tokens"}),
     }, sort_keys=True)
@@ -91,6 +92,7 @@ def run_to_file(
     out: str | Path,
     description: str,
     model: str,
+    prompt: str,
     on_trajectory: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """Run episodes, streaming finished trajectories to ``OUT.partial``; resume from it if present.
@@ -103,7 +105,7 @@ def run_to_file(
     """
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    binding = run_binding(spec, model)
+    binding = run_binding(spec, model, prompt)
     found, refused = _read_partial(partial, binding)
     if refused:
         print(f"tratree: warning: {refused}", file=sys.stderr)
@@ -128,8 +130,7 @@ def run_to_file(
         bar = progress.add_task(description, total=len(episodes), completed=len(episodes) - len(todo))
         pool = stack.enter_context(env_pool(env_factory(spec.environment)))
         fh = stack.enter_context(partial.open("a", encoding="utf-8"))
-        for traj in run_episodes(todo, pool, backend, PROMPTS[spec.environment.name], spec.environment.max_steps,
-                                 spec.policy.batch_size):
+        for traj in run_episodes(todo, pool, backend, prompt, step_limit(spec.environment), spec.policy.batch_size):
             fh.write(traj.model_dump_json() + "\n")
             fh.flush()
             done.append(traj)

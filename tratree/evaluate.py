@@ -49,12 +49,12 @@ def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = No
     }
 
 
-def evaluate(spec: ExperimentSpec, backend: Backend, trajectories_out: str | Path, *, model: str,
+def evaluate(spec: ExperimentSpec, backend: Backend, trajectories_out: str | Path, *, model: str, prompt: str,
              split: str | None = None, limit: int | None = None, best_of: int | None = None) -> dict[str, Any]:
-    """Run the held-out episodes of ``model`` (resumable under the same model and settings) and return
-    the metrics."""
+    """Run the held-out episodes of ``model`` acting on ``prompt`` (resumable under the same model and
+    settings) and return the metrics."""
     split = split or spec.environment.test_split
     tasks = split_tasks(spec, split, limit)
     trajs = run_to_file(spec, backend, evaluation_episodes(spec, tasks, best_of), trajectories_out,
-                        f"evaluating ({split})", model)
+                        f"evaluating ({split})", model, prompt)
     return metrics(trajs, split, best_of)

@@ -13,9 +13,20 @@ from tratree.spec import ExperimentSpec
 
 
 def split_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[str]:
-    """The spec's tasks of a split, capped by the spec and then by ``limit``."""
-    with env_pool(env_factory(spec.environment)) as pool:
-        tasks = task_ids(pool.acquire(), spec.environment, split)  # type: ignore[arg-type]
+    """The spec's tasks of a split, capped by the spec and then by ``limit``.
+
+    Under ``protocol: eto`` with an expert file, the training tasks are the expert file's (ETO's
+    training set is the tasks of its expert data), in the file's order.
+    """
+    env = spec.environment
+    if split == "train" and env.protocol == "eto" and spec.expert.source == "file":
+        from tratree.expert import expert_trajectories
+
+        tasks = list(dict.fromkeys(t.task_id for t in expert_trajectories(spec, "train")))
+        tasks = tasks[: env.train_tasks] if env.train_tasks else tasks
+    else:
+        with env_pool(env_factory(env)) as pool:
+            tasks = task_ids(pool.acquire(), env, split)  # type: ignore[arg-type]
     return tasks if limit is None else tasks[:limit]
 
 
@@ -31,12 +42,13 @@ def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, sa
     return out
 
 
-def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, *, model: str, policy: str = "sft-weak",
-            limit: int | None = None, samples: int | None = None) -> list[Trajectory]:
-    """Explore the training tasks with ``backend`` (serving ``model``) and write the trajectories to
-    ``out``; an interrupted run resumes only under the same model and settings."""
+def explore(spec: ExperimentSpec, backend: Backend, out: str | Path, *, model: str, prompt: str,
+            policy: str = "sft-weak", limit: int | None = None, samples: int | None = None) -> list[Trajectory]:
+    """Explore the training tasks with ``backend`` (serving ``model``, acting on ``prompt``) and write
+    the trajectories to ``out``; an interrupted run resumes only under the same model and settings."""
     tasks = split_tasks(spec, "train", limit)
-    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring", model)
+    return run_to_file(spec, backend, exploration_episodes(spec, tasks, policy, samples), out, "exploring", model,
+                       prompt)
 
 
 def best_per_task(trajectories: list[Trajectory]) -> list[Trajectory]:

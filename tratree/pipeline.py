@@ -44,15 +44,15 @@ class Stage:
 # differ for the same inputs and settings (an algorithm, a format, a default it reads); that stage
 # and everything after it then runs again, and nothing else does.
 STAGE_VERSIONS: dict[str, int] = {
-    "expert": 1,
+    "expert": 2,  # 2: ScienceWorld episodes open with the task alone, as ETO's
     "tokenizer": 1,
     "sft": 1,
-    "explore": 1,
+    "explore": 2,  # 2: in-context example, per-task step limits
     "trees": 1,
     "pairs": 1,
     "mcts": 1,
     "dpo": 1,
-    "evaluate": 1,
+    "evaluate": 2,  # 2: in-context example, per-task step limits
     "report": 1,
 }
 
@@ -115,8 +115,11 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         return add(name, "sft", "sft", (data_stage, *tok), True, model=_dump(spec.strong), data=data, seed=seed,
                    training=_dump(spec.strong.sft or spec.training.sft), env=spec.environment.name)
 
+    # acting stages read the in-context example from the expert data
+    example = ("expert",) if spec.environment.icl_example else ()
+
     def evaluate(method: str, model_stage: str, seed: int, best_of: int | None = None) -> None:
-        add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage,), True, env=env, policy=policy,
+        add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage, *example), True, env=env, policy=policy,
             evaluation=_dump(spec.evaluation), best_of=best_of, method=method, seed=seed)
 
     add("expert", "expert", "expert", (), env=env, expert=_dump(spec.expert))
@@ -127,7 +130,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         add("sft-weak", "sft", "sft", ("expert", *tok), True, model=_dump(spec.weak), data="expert", seed=0,
             training=_dump(spec.weak.sft or spec.training.sft), env=spec.environment.name)
     if methods & set(W2SG_METHODS):
-        add("explore", "explore", "explore", ("sft-weak",), True, env=env, policy=policy,
+        add("explore", "explore", "explore", ("sft-weak", *example), True, env=env, policy=policy,
             exploration=_dump(spec.exploration), policy_name="sft-weak", samples=spec.exploration.trajectories_per_task)
         add("trees", "trees", "trees", ("explore",), tree=_dump(spec.tree))
     if "w2s-treedpo" in methods:
@@ -160,7 +163,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
                     evaluate(method, name, seed)
         if methods & {"eto", "ceiling"}:
             # ETO pairs one own trajectory per task with the expert's
-            own = add(f"strong-explore-s{seed}", "explore", "explore", (base,), True, env=env, policy=policy,
+            own = add(f"strong-explore-s{seed}", "explore", "explore", (base, *example), True, env=env, policy=policy,
                       exploration=_dump(spec.exploration), policy_name=f"sft-strong-s{seed}", samples=1)
             for method in ("eto", "ceiling"):
                 if method in methods:

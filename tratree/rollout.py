@@ -82,11 +82,12 @@ def run_episodes(
     pool: EnvPool,
     backend: Backend,
     prompt: str,
-    max_steps: int,
+    step_limit: Callable[[str], int],
     batch_size: int,
     on_step: Callable[[int], None] | None = None,
 ) -> Iterator[Trajectory]:
-    """Run episodes with up to ``batch_size`` in flight; yields trajectories as they finish."""
+    """Run episodes with up to ``batch_size`` in flight, each ending at ``step_limit(task_id)`` steps
+    at the latest; yields trajectories as they finish."""
     todo = list(episodes)
     pending = iter(todo)
     pool.prestart(min(batch_size, len(todo)))
@@ -125,9 +126,10 @@ def run_episodes(
             still = []
             for r, out in zip(running, outcomes, strict=True):
                 r.last, r.observation = out, out.observation
-                if out.done or len(r.steps) >= max_steps:
+                limit = step_limit(r.episode.task_id)
+                if out.done or len(r.steps) >= limit:
                     pool.release(r.env)
-                    yield _finish(r, max_steps)
+                    yield _finish(r, limit)
                 else:
                     still.append(r)
             if on_step:

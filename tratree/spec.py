@@ -97,6 +97,30 @@ class EnvironmentSpec(SpecModel):
     data_path: str | None = Field(
         None, description="ALFWorld / WebShop data directory, where the environment needs one."
     )
+    protocol: Literal["tratree", "eto"] = Field(
+        "tratree",
+        description="eto: ETO's protocol, as the paper ran it: ETO's step limits (ScienceWorld per task type, "
+        "WebShop 10, ALFWorld 40) instead of maxSteps, ScienceWorld's 24 ETO task types with ETO's test "
+        "(211) and dev (194) variations, and exploration on the expert file's tasks.",
+    )
+    icl_example: bool = Field(
+        True,
+        description="ETO's one-shot in-context example in acting prompts (exploration, evaluation): the "
+        "shortest full-score expert trajectory of a training task. Training conversations carry none, as ETO's.",
+    )
+
+    @model_validator(mode="after")
+    def _eto_tasks(self) -> EnvironmentSpec:
+        if self.protocol == "eto" and self.name == "scienceworld":
+            from tratree.envs.eto_sciworld import TASKS
+
+            outside = [t for t in self.tasks if t not in TASKS]
+            if outside:
+                raise ValueError(f"tasks: {outside[0]!r} is not one of ETO's ScienceWorld task types "
+                                 f"({', '.join(TASKS)})")
+        if self.protocol == "eto" and self.name == "textworldexpress":
+            raise ValueError("protocol: ETO has no TextWorldExpress protocol; use 'tratree'")
+        return self
 
 
 class ExpertSpec(SpecModel):

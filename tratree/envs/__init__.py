@@ -8,13 +8,17 @@ from collections.abc import Callable, Iterator
 from tratree.envs.base import Environment, EnvironmentUnavailable, Outcome, Reset, Split, spread
 from tratree.spec import EnvironmentSpec
 
-__all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "make_env", "task_ids"]
+__all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "make_env", "step_limit",
+           "task_ids"]
+
+# ETO's episode step limits where one limit holds for the whole environment
+ETO_MAX_STEPS = {"webshop": 10, "alfworld": 40}
 
 
 def make_env(spec: EnvironmentSpec) -> Environment:
     """A live instance of the spec's environment."""
-    # generous step limit inside the environment: tratree enforces spec.maxSteps itself
-    limit = spec.max_steps + 10
+    # generous step limit inside the environment: tratree enforces the step limit itself
+    limit = max(spec.max_steps, *ETO_MAX_STEPS.values()) + 10
     if spec.name == "textworldexpress":
         from tratree.envs.textworldexpress import TextWorldExpress
 
@@ -22,7 +26,7 @@ def make_env(spec: EnvironmentSpec) -> Environment:
     if spec.name == "scienceworld":
         from tratree.envs.scienceworld import ScienceWorld
 
-        return ScienceWorld(spec.tasks, spec.game_params)
+        return ScienceWorld(spec.tasks, spec.game_params, eto=spec.protocol == "eto")
     if spec.name == "alfworld":
         from tratree.envs.alfworld import ALFWorld
 
@@ -34,6 +38,19 @@ def make_env(spec: EnvironmentSpec) -> Environment:
 
 def env_factory(spec: EnvironmentSpec) -> Callable[[], Environment]:
     return lambda: make_env(spec)
+
+
+def step_limit(spec: EnvironmentSpec) -> Callable[[str], int]:
+    """The step limit of a task's episodes: ``maxSteps``, or ETO's under ``protocol: eto``."""
+    if spec.protocol == "eto":
+        if spec.name == "scienceworld":
+            from tratree.envs.eto_sciworld import MAX_STEPS
+
+            return lambda task_id: MAX_STEPS[task_id.split("/", 1)[0]]
+        if spec.name in ETO_MAX_STEPS:
+            limit = ETO_MAX_STEPS[spec.name]
+            return lambda task_id: limit
+    return lambda task_id: spec.max_steps
 
 
 def task_ids(env: Environment, spec: EnvironmentSpec, split: Split) -> list[str]:

@@ -3,17 +3,32 @@
 Tasks are the game files under ``<data>/json_2.1.1/<split>``: train, valid_seen (dev) and
 valid_unseen (test; the paper evaluates on unseen). The data is checked before any game is
 registered, because TextWorld spins forever in ``reset`` when it has no games.
+
+Episodes are laid out as ETO's data is, so live prompts match the expert conversations models
+are trained on: the first turn is the room's description followed by the task (the welcome
+banner dropped), and "You arrive at loc N. " is stripped from observations.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, split_task_id
 
 SPLIT_DIRS = {"train": "train", "dev": "valid_seen", "test": "valid_unseen"}
-_TASK_MARK = "Your task is to: "
+_ARRIVAL = re.compile(r"^You arrive at loc \d+\. ")
+
+
+def first_turn(observation: str) -> str:
+    """ETO's first turn of an episode: the reset observation without its welcome banner."""
+    return "\n".join(observation.strip().split("\n\n")[1:]) or observation.strip()
+
+
+def clean_observation(observation: str) -> str:
+    """An observation as ETO's episodes show it: without the "You arrive at loc N. " prefix."""
+    return _ARRIVAL.sub("", observation.strip())
 
 
 def game_files(data_path: str | None, split: Split) -> list[Path]:
@@ -72,15 +87,16 @@ class ALFWorld:
         )
         self._env = self._textworld.gym.make(env_id)
         obs, _ = self._env.reset()
-        head, _, task = obs.partition(_TASK_MARK)
-        return Reset(instruction=(_TASK_MARK + task).strip() if task else obs.strip(), observation=head.strip())
+        text = first_turn(obs)
+        return Reset(instruction=text, observation=text)
 
     def step(self, action: str) -> Outcome:
         if self._env is None:
             raise RuntimeError("step before reset")
         obs, _, done, infos = self._env.step(action)
         won = bool(infos.get("won"))
-        return Outcome(observation=obs.strip(), score=1.0 if won else 0.0, done=bool(done or won), success=won)
+        return Outcome(observation=clean_observation(obs), score=1.0 if won else 0.0, done=bool(done or won),
+                       success=won)
 
     def gold_actions(self, task_id: str) -> list[str]:
         raise EnvironmentUnavailable("ALFWorld gold trajectories come from the expert file (spec.expert.path)")

@@ -5,7 +5,11 @@ last action does not erase partial credit). The simplifications are ETO's: telep
 doors and containers, self-watering pots and no electrical actions (kept for the electrical
 tasks, which need them); scienceworld 1.2's "easy" leaves containers closed, so they are
 spelled out. ScienceWorld's own move limit is set far above any episode's: tratree ends
-episodes at the spec's step limit, and gold runs play to their end.
+episodes at the spec's step limit, and gold runs play to their end. An episode opens with the
+task description alone, as ETO's do: the agent looks around itself.
+
+With ``eto=True`` the tasks are ETO's 24 task types and its test and dev variation lists
+(:mod:`tratree.envs.eto_sciworld`); training variations stay ScienceWorld's own.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class ScienceWorld:
 
     name = "scienceworld"
 
-    def __init__(self, task_names: list[str], simplifications: str = "", heap: str = "1g") -> None:
+    def __init__(self, task_names: list[str], simplifications: str = "", heap: str = "1g", eto: bool = False) -> None:
         try:
             from scienceworld import ScienceWorldEnv
         except ImportError as err:
@@ -42,7 +46,13 @@ class ScienceWorld:
         if unknown:
             self._env.close()
             raise ValueError(f"unknown ScienceWorld task {unknown[0]!r} (known: {', '.join(known)})")
-        self.task_names = list(task_names) or known
+        self.eto = eto
+        if eto:
+            from tratree.envs.eto_sciworld import TASKS
+
+            self.task_names = list(task_names) or list(TASKS)
+        else:
+            self.task_names = list(task_names) or known
         self.simplifications = simplifications
         self._loaded: tuple[str, int, bool] | None = None
         self._best = 0.0
@@ -55,6 +65,11 @@ class ScienceWorld:
     def tasks(self, split: Split) -> dict[str, list[str]]:
         out = {}
         for task in self.task_names:
+            if self.eto and split != "train":
+                from tratree.envs.eto_sciworld import variations
+
+                out[task] = [f"{task}/{split}/{v}" for v in variations(task, split) or []]
+                continue
             self._load(task, 0, False)
             variations = {
                 "train": self._env.get_variations_train,
@@ -73,8 +88,9 @@ class ScienceWorld:
         return self._env.reset()
 
     def reset(self, task_id: str) -> Reset:
-        obs, _ = self._start(task_id, gold=False)
-        return Reset(instruction=self._env.get_task_description().strip(), observation=obs.strip())
+        self._start(task_id, gold=False)
+        task = self._env.get_task_description().strip()
+        return Reset(instruction=task, observation=task)
 
     def step(self, action: str) -> Outcome:
         obs, _, done, info = self._env.step(action)

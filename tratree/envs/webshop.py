@@ -2,6 +2,8 @@
 
 The environment runs on WebShop's human-written goals (``human_goals=True``), as the paper and
 ETO do; goals follow WebShop's own split of that list: 0-499 test, 500-1499 dev, the rest train.
+An episode opens with the search page alone ("WebShop [SEP] Instruction: [SEP] ... [SEP] Search",
+which holds the goal), as ETO's episodes and expert data do.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ class WebShop:
             raise EnvironmentUnavailable("WebShop's `web_agent_site` package is not installed") from err
         self._env = gym.make("WebAgentTextEnv-v0", observation_mode="text", num_products=num_products,
                              human_goals=True)
-        self._instruction = ""
 
     def tasks(self, split: Split) -> dict[str, list[str]]:
         lo, hi = SPLITS[split]
@@ -58,8 +59,7 @@ class WebShop:
     def reset(self, task_id: str) -> Reset:
         _, _, index = split_task_id(task_id)
         obs, _ = self._env.reset(session=int(index))
-        self._instruction = self._env.instruction_text if hasattr(self._env, "instruction_text") else ""
-        return Reset(instruction=self._instruction or obs.strip(), observation=obs.strip())
+        return Reset(instruction=obs.strip(), observation=obs.strip())
 
     def step(self, action: str) -> Outcome:
         obs, reward, done, _ = self._env.step(action)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tratree.formats import Step
+from tratree.formats import Step, Trajectory
 from tratree.react import format_reply
 
 _FORMAT = """Your response should use the following format:
@@ -76,6 +76,41 @@ After your each turn, the environment will give you immediate feedback based on 
 """
     + _FORMAT,
 }
+
+
+def choose_example(expert: Sequence[Trajectory]) -> Trajectory | None:
+    """The in-context example: the shortest of the best-scoring expert trajectories (the first
+    among equals), so it costs the fewest tokens; None when there is no expert trajectory."""
+    if not expert:
+        return None
+    best = max(t.score for t in expert)
+    return min((t for t in expert if t.score == best and t.steps), key=lambda t: len(t.steps), default=None)
+
+
+def with_example(instruction: str, example: Trajectory | None) -> str:
+    """The instruction followed by the example episode, laid out as ETO's prompts lay it out."""
+    if example is None:
+        return instruction
+    lines = [task_turn(example.instruction, example.steps[0].observation)]
+    for k, step in enumerate(example.steps):
+        if k > 0:
+            lines.append(f"Observation: {step.observation}\n")
+        lines.append(format_reply(step.thought, step.action))
+    return f"{instruction}\n---\nHere is an example.\n" + "\n".join(lines) + "\n---\n\nNow, it's your turn."
+
+
+def acting_prompt(env_name: str, use_example: bool, expert: Sequence[Trajectory] | None) -> str:
+    """The instruction turn of exploration and evaluation episodes: the environment's prompt, with
+    the in-context example from ``expert`` (training tasks' trajectories) when ``use_example``.
+
+    ValueError when an example is wanted and ``expert`` has none to give.
+    """
+    if not use_example:
+        return PROMPTS[env_name]
+    example = choose_example(expert or [])
+    if example is None:
+        raise ValueError("iclExample is on but there is no expert trajectory to take the example from")
+    return with_example(PROMPTS[env_name], example)
 
 
 def task_turn(instruction: str, first_observation: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from tratree.formats import Trajectory, read_jsonl, write_jsonl
@@ -25,14 +26,32 @@ def expert(ctx: StageContext) -> dict[str, Any]:
     return {"trajectories": len(trajs), "full_score": sum(t.score >= 1.0 for t in trajs)}
 
 
+def acting_prompt(ctx: StageContext) -> str:
+    """The stage's acting prompt, its in-context example from the expert stage when the spec wants one."""
+    from tratree.policy.prompts import acting_prompt as build
+
+    env = ctx.spec.environment
+    expert = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory) if env.icl_example else None
+    try:
+        return build(env.name, env.icl_example, expert)
+    except ValueError as err:
+        raise StageError(f"{ctx.stage.name}: {err}") from None
+
+
+def model_input(ctx: StageContext) -> Path:
+    """The directory of the model a stage acts with: its one input that is not the expert data."""
+    (model_dir,) = (p for name, p in ctx.inputs.items() if name != "expert")
+    return model_dir
+
+
 def explore(ctx: StageContext) -> dict[str, Any]:
     from tratree.explore import explore as run
     from tratree.policy import make_backend
 
-    (model_dir,) = ctx.inputs.values()
+    model_dir = model_input(ctx)
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, model=str(model_dir), policy=ctx.stage.params["policy_name"],
-                samples=ctx.stage.params["samples"])
+    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, model=str(model_dir), prompt=acting_prompt(ctx),
+                policy=ctx.stage.params["policy_name"], samples=ctx.stage.params["samples"])
     if not trajs:
         raise StageError(f"{ctx.stage.name}: no episodes: the environment has no training tasks for this spec")
     return {"trajectories": len(trajs), "successes": sum(t.success for t in trajs),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tratree.stages import StageContext
+from tratree.stages.data import acting_prompt, model_input
 from tratree.stages.train import TRAINING
 
 
@@ -13,9 +14,9 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     from tratree.evaluate import evaluate as run
     from tratree.policy import make_backend
 
-    (model_dir,) = ctx.inputs.values()
+    model_dir = model_input(ctx)
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", model=str(model_dir),
+    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", model=str(model_dir), prompt=acting_prompt(ctx),
                  best_of=ctx.stage.params["best_of"])
     result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
     training = model_dir / TRAINING
