@@ -389,6 +389,118 @@ def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env,
     kube.kubectl("-n", ns, "delete", "w2sg", "regression")
 
 
+def jobs_made(kube, ns: str, experiment_name: str) -> list[str]:
+    """The stages of every Job the operator created for an experiment, from the apiserver's audit log
+    (Jobs deleted since, or collected by their TTL, still count)."""
+    names = [e["objectRef"].get("name", "") for e in kube.requests_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
+             if e["verb"] == "create" and e["objectRef"]["resource"] == "jobs" and e["objectRef"].get("namespace") == ns
+             and e.get("responseStatus", {}).get("code") == 201]
+    prefix = f"{experiment_name}-"
+    return [n[len(prefix):].rsplit("-", 1)[0] for n in names if n.startswith(prefix)]
+
+
+def job_of(kube, ns: str, name: str, stage: str) -> dict[str, Any] | None:
+    return next(iter(kube.list("jobs", ns, f"tratree.io/experiment={name},tratree.io/stage={stage}")), None)
+
+
+def test_an_operator_killed_again_and_again_mid_run_makes_no_job_twice(kube, operator, s3_env):
+    """SIGKILL, four times, while a stage runs; the stage then finishes while no operator runs. The
+    restarted operator picks up where the last left off: each stage's Job was made once."""
+    ns = namespace(kube, "killed")
+    s3_secret(kube, ns)
+    kube.node.held.add("sft-weak")
+    try:
+        kube.apply(experiment("killed", s3_env), "-n", ns)
+        kube.wait_for(lambda: job_of(kube, ns, "killed", "sft-weak"), 300, "the sft-weak Job")
+        for _ in range(4):
+            operator.proc.kill()
+            operator.proc.wait()
+            operator.restart()
+            time.sleep(1.5)
+        operator.proc.kill()
+        operator.proc.wait()
+        kube.node.held.discard("sft-weak")  # the stage finishes while no operator watches
+        kube.wait_for(lambda: (job_of(kube, ns, "killed", "sft-weak") or {}).get("status", {}).get("succeeded"),
+                      300, "sft-weak to finish")
+    finally:
+        kube.node.held.discard("sft-weak")
+        if operator.proc.poll() is not None:
+            operator.restart()
+    st = wait_phase(kube, "killed", ns, "Succeeded", operator, 300)
+    made = jobs_made(kube, ns, "killed")
+    assert sorted(made) == sorted(st["stages"]), made  # one Job per stage, none twice
+    assert "stage sft-weak: succeeded" in kube.kubectl("-n", ns, "describe", "w2sg", "killed")
+    kube.kubectl("-n", ns, "delete", "w2sg", "killed")
+
+
+def test_a_job_deleted_mid_run_is_made_again_as_the_next_attempt(kube, operator, s3_env):
+    ns = namespace(kube, "deleted")
+    s3_secret(kube, ns)
+    kube.node.held.add("tokenizer")
+    try:
+        kube.apply(experiment("deleted", s3_env), "-n", ns)
+        job = kube.wait_for(lambda: job_of(kube, ns, "deleted", "tokenizer"), 300, "the tokenizer Job")
+        kube.kubectl("-n", ns, "delete", "job", job["metadata"]["name"])
+        again = kube.wait_for(lambda: (j := job_of(kube, ns, "deleted", "tokenizer")) and
+                              j["metadata"]["uid"] != job["metadata"]["uid"] and j, 120, "the Job to be made again")
+        assert again["metadata"]["labels"]["tratree.io/attempt"] == "2"  # the next attempt, not a replay
+    finally:
+        kube.node.held.discard("tokenizer")
+    st = wait_phase(kube, "deleted", ns, "Succeeded", operator, 300)
+    assert st["stages"]["tokenizer"]["attempts"] == 2
+    assert "JobRecreated" in kube.kubectl("-n", ns, "describe", "w2sg", "deleted")
+    kube.kubectl("-n", ns, "delete", "w2sg", "deleted")
+
+
+def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_it_starts(kube, operator, s3_env):
+    ns = namespace(kube, "retries")
+    s3_secret(kube, ns)
+    failing = experiment("failing", s3_env)
+    failing["spec"]["environment"]["gameParams"] = "numLocations=banana"  # the expert stage exits 2
+    failing["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 1}}
+    kube.apply(failing, "-n", ns)
+    st = wait_phase(kube, "failing", ns, "Failed", operator, 300)
+    entry = st["stages"]["expert"]
+    assert entry["state"] == "Failed" and entry["attempts"] == 2 and "no expert trajectories" in entry["message"]
+    assert {e["state"] for name, e in st["stages"].items() if name != "expert"} == {"Pending"}
+    assert jobs_made(kube, ns, "failing") == ["expert", "expert"]
+    failed = next(x for x in st["conditions"] if x["type"] == "Failed")
+    assert failed["status"] == "True" and "expert" in failed["message"]
+    events = kube.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=failing",
+                          "-o", "jsonpath={.items[*].reason}").split()
+    assert {"StageAttemptFailed", "StageRetried", "StageFailed", "ExperimentFailed"} <= set(events), events
+    kube.kubectl("-n", ns, "delete", "w2sg", "failing")
+
+
+def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_job(kube, operator, s3_env):
+    """The CRD's schema checks types and ranges at admission; what only tratree can check (here an
+    expert file source without a path) is the operator's to report, on the resource, before any Job."""
+    ns = namespace(kube, "refused")
+    bad = experiment("bad", s3_env)
+    bad["spec"]["expert"] = {"source": "file"}
+    kube.apply(bad, "-n", ns)
+    st = wait_phase(kube, "bad", ns, "Failed", operator, 60)
+    cond = next(x for x in st["conditions"] if x["type"] == "SpecValid")
+    assert cond["status"] == "False" and "spec.expert" in cond["message"] and "needs a path" in cond["message"]
+    assert "InvalidSpec" in kube.kubectl("-n", ns, "describe", "w2sg", "bad")
+    assert jobs_made(kube, ns, "bad") == [] and kube.list("jobs", ns) == []
+    kube.kubectl("-n", ns, "delete", "w2sg", "bad")
+
+
+def test_suspend_holds_new_jobs_and_resuming_continues(kube, operator, s3_env):
+    ns = namespace(kube, "suspended")
+    s3_secret(kube, ns)
+    kube.apply(experiment("paused", s3_env, suspend=True), "-n", ns)
+    kube.wait_for(lambda: status(kube, "paused", ns).get("conditions"), 60, "the operator to see it")
+    time.sleep(3)  # a few resyncs: still nothing runs
+    st = status(kube, "paused", ns)
+    assert st["phase"] == "Pending" and kube.list("jobs", ns) == []
+    assert next(x for x in st["conditions"] if x["type"] == "Progressing")["reason"] == "Suspended"
+    kube.kubectl("-n", ns, "patch", "w2sg", "paused", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_phase(kube, "paused", ns, "Succeeded", operator, 300)
+    kube.kubectl("-n", ns, "delete", "w2sg", "paused")
+
+
 def test_an_operator_without_its_peering_object_says_so(kube, operator, tmp_path):
     kubeconfig = kube.service_account_kubeconfig(OPERATOR_NS, "tratree")
     other = Operator(kube, tmp_path, kubeconfig, FAST, ("--peering=no-such-peering",))
@@ -408,12 +520,22 @@ def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     each is allowed by the rendered ClusterRole, and each rule was used, but the one admission checks."""
     ns = namespace(kube, "rbac")
     s3_secret(kube, ns)
-    kube.apply(experiment("edited", s3_env), "-n", ns)
-    wait_stage(kube, "edited", ns, "eval-sft-weak-s0", "Running", operator)
-    kube.kubectl("-n", ns, "patch", "w2sg", "edited", "--type=merge", "-p", '{"spec": {"evaluation": {"temperature": 0.5}}}')
+    kube.node.held.add("eval-sft-weak-s0")
+    try:
+        kube.apply(experiment("edited", s3_env), "-n", ns)
+        old = kube.wait_for(lambda: job_of(kube, ns, "edited", "eval-sft-weak-s0"), 300, "the evaluation Job")
+        kube.kubectl("-n", ns, "patch", "w2sg", "edited", "--type=merge", "-p",
+                     '{"spec": {"evaluation": {"temperature": 0.5}}}')
+        kube.wait_for(lambda: (j := job_of(kube, ns, "edited", "eval-sft-weak-s0")) and
+                      j["metadata"]["uid"] != old["metadata"]["uid"], 120, "the edited stage's new Job")
+    finally:
+        kube.node.held.discard("eval-sft-weak-s0")
     st = wait_phase(kube, "edited", ns, "Succeeded", operator, 300)
-    assert st["stages"]["eval-sft-weak-s0"]["state"] == "Succeeded"
+    assert st["stages"]["eval-sft-weak-s0"]["state"] == "Succeeded" and st["observedGeneration"] == 2
     assert "StageReplanned" in kube.kubectl("-n", ns, "describe", "w2sg", "edited")
+    # only the edited stage (and what follows it) ran again
+    assert sorted(jobs_made(kube, ns, "edited")) == sorted([*st["stages"], "eval-sft-weak-s0"])
+    assert "temperature: 0.5" in kube.get("configmap", "edited-spec", ns)["data"]["experiment.yaml"]
     calls = kube.calls_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
     rules = rule_set(next(d for d in render({}) if d["kind"] == "ClusterRole")["rules"])
     assert calls <= rules, f"called but not allowed: {calls - rules}"

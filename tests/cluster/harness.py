@@ -78,10 +78,10 @@ class Cluster:
             "--liveness", "", "--metrics-port", "0", *args,
             env=self.env(), stdout=log, stderr=log)
 
-    async def stop_operator(self, kill: bool = False) -> None:
+    async def stop_operator(self) -> None:
         if self.operator is None or self.operator.returncode is not None:
             return
-        self.operator.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        self.operator.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.operator.wait(), 20)
         except TimeoutError:

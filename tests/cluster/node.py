@@ -81,6 +81,9 @@ class NodeAgent:
     poll: float = 0.2
     instant: bool = False  # every Pod succeeds at once without running (benchmarks of the control loop)
     pythonpath: Path | None = None  # where the "image's" tratree is (default: this checkout)
+    # stages whose Pods are not started yet (like an image still being pulled): tests hold a stage
+    # to act while it is in flight, then discard it from the set
+    held: set[str] = field(default_factory=set)
     logs: dict[str, str] = field(default_factory=dict)  # Pod name -> output, once finished
     _running: dict[str, _Running] = field(default_factory=dict)
     _finished: set[str] = field(default_factory=set)
@@ -178,6 +181,8 @@ class NodeAgent:
                 self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
             return
         if key in self._running or key in self._finished or pod.status.phase in ("Succeeded", "Failed"):
+            return
+        if (pod.metadata.labels or {}).get("tratree.io/stage") in self.held:
             return
         container = pod.spec.containers[0]
         if "unpullable" in (container.image or ""):
