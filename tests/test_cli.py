@@ -148,6 +148,61 @@ def test_validate(cli):
     assert "apiVersion: tratree.io/v1alpha1" in r.stdout and "lrScheduler: cosine" in r.stdout and "seed: 0" in r.stdout
 
 
+BODY = "weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\n"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (BODY + "weak: {model: x}\n", r"x\.yaml:3: not valid YAML: duplicate key 'weak'"),
+    (BODY.encode("utf-16"), r"x\.yaml: not UTF-8 text"),
+    (b"\x00\xff\x13binary" * 50, r"x\.yaml: not UTF-8 text"),
+    (BODY + "seeds: [" + "9" * 5000 + "]\n", r"x\.yaml:3: not valid YAML: integer too long \(5000 digits\)"),
+    (BODY + "training: {sft: {epochs: .inf}}\n", r"spec\.training\.sft\.epochs: Input should be a finite number"),
+    ("weak: {model: tiny:huge}\nstrong: {model: tiny:strong}\n", r"spec\.weak\.model: unknown tiny preset 'tiny:huge'"),
+    (BODY + "expert: {path: eto.json}\n", r"spec\.expert: path 'eto\.json' is given but source is 'environment'"),
+])
+def test_a_bad_experiment_file_is_one_line_and_exit_2(cli, tmp_path, content, message):
+    import re
+
+    path = tmp_path / "x.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for command in (["validate", str(path)], ["run", str(path), "--artifacts", f"file://{tmp_path}/store"]):
+        r = cli(*command)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and re.search(message, r.stderr), (command, r.stderr)
+    assert not (tmp_path / "store").exists()
+
+
+def test_model_references_are_checked_before_the_first_stage(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for ref, why in ((str(tmp_path / "nope"), "no such directory"),
+                     (str(tmp_path / "empty"), "not a model directory (no config.json or adapter_config.json)"),
+                     (str(adapter), "a LoRA adapter without its weights (adapter_model.safetensors or adapter_model.bin)")):
+        path = tmp_path / "x.yaml"
+        path.write_text(f"weak: {{model: '{ref}'}}\nstrong: {{model: tiny:strong}}\n")
+        r = cli("run", str(path), "--artifacts", f"file://{tmp_path}/store")
+        assert r.returncode == 2 and r.stderr == f"tratree: error: {path}: weak.model: {ref}: {why}\n", r.stderr
+        assert not (tmp_path / "store").exists()
+        # validate cannot know whether the path is one inside a stage image: it warns
+        r = cli("validate", str(path))
+        assert r.returncode == 0 and f"warning: weak.model: {ref}: {why} on this machine" in r.stderr
+    path.write_text("weak: {model: meta-llama/Llama-2-7b-hf}\nstrong: {model: tiny:strong}\n")
+    r = cli("validate", str(path))
+    assert r.returncode == 0 and "weak.model: meta-llama/Llama-2-7b-hf: a Hugging Face hub id, not checked here" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["tree", "stats"], ["pairs", "-o", "o.jsonl"], ["mcts", "-o", "o.jsonl"],
+                                     ["tree", "render", "--task", "t", "-o", "o.html"]])
+def test_a_binary_file_given_as_jsonl_is_one_line(cli, tmp_path, command):
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(bytes(range(256)) * 8)
+    r = cli(command[0], *command[1:2], str(binary), *command[2:], cwd=tmp_path) if command[0] == "tree" else \
+        cli(command[0], str(binary), *command[1:], cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "b.jsonl:1: not" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl"]
+
+
 def test_tree_commands_never_import_torch(tmp_path, traj_file):
     code = f"""
 import sys

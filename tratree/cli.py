@@ -137,8 +137,16 @@ def cmd_validate(args: argparse.Namespace) -> None:
         import yaml
 
         print(yaml.safe_dump(spec_to_manifest(exp), sort_keys=False), end="")
-    else:
-        print(f"{args.experiment}: valid W2SGExperiment '{exp.name}' (methods: {', '.join(exp.spec.methods)})")
+        return
+    from tratree import modelref
+
+    for role, ref in (("weak", exp.spec.weak.model), ("strong", exp.spec.strong.model)):
+        why = modelref.problem(ref)
+        if why:  # a path that may exist only inside a stage image: said, not refused
+            print(f"{args.experiment}: warning: {role}.model: {why} on this machine", file=sys.stderr)
+        elif note := modelref.unchecked(ref):
+            print(f"{args.experiment}: note: {role}.model: {note}", file=sys.stderr)
+    print(f"{args.experiment}: valid W2SGExperiment '{exp.name}' (methods: {', '.join(exp.spec.methods)})")
 
 
 def _experiment(path: str):
@@ -162,9 +170,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tratree import modelref
     from tratree.run import run_pipeline
 
     exp = _experiment(args.experiment)
+    for role, ref in (("weak", exp.spec.weak.model), ("strong", exp.spec.strong.model)):
+        if why := modelref.problem(ref):  # before the first stage, not hours into the run
+            raise CLIError(f"{args.experiment}: {role}.model: {why}")
     store = args.artifacts or exp.spec.artifacts
     console = Console(stderr=True)
     console.print(f"[bold]{exp.name}[/]: artifacts in {store}")

@@ -188,6 +188,8 @@ def record_kind(path: str | Path) -> Literal["trajectory", "tree", "empty"]:
                     first = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise FormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                except UnicodeDecodeError:
+                    raise FormatError(f"{path}:{lineno}: not UTF-8 text (is it a JSONL file?)") from None
                 if isinstance(first, dict) and "nodes" in first:
                     return "tree"
                 return "trajectory"

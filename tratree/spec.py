@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -137,6 +138,8 @@ class ExpertSpec(SpecModel):
     def _path_for_file(self) -> ExpertSpec:
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs a path")
+        if self.source == "environment" and self.path:
+            raise ValueError(f"path {self.path!r} is given but source is 'environment' (set source: file to use it)")
         return self
 
 
@@ -188,6 +191,16 @@ class ModelSpec(SpecModel):
 
     model: str = Field(min_length=1)
     lora: LoraSpec | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value.startswith("tiny:"):
+            from tratree.train.tiny import PRESETS
+
+            if value.removeprefix("tiny:") not in PRESETS:
+                raise ValueError(f"unknown tiny preset {value!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
+        return value
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     sft: TrainingSpec | None = Field(
         None, description="SFT settings of this model, replacing training.sft (e.g. a tiny model from scratch)."
@@ -412,17 +425,46 @@ def parse_experiment(data: Any, source: str = "<spec>", default_name: str = "exp
     return Experiment(name=name, namespace=namespace, spec=spec)
 
 
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML itself forbids it;
+    PyYAML would silently keep the last) and integers too long to convert."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node: Any) -> int:
+            try:
+                return super().construct_yaml_int(node)
+            except ValueError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"integer too long ({len(node.value)} digits)", node.start_mark) from None
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+    return StrictLoader
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Load an experiment file (bare spec or manifest); raise SpecError with a one-line message."""
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text (save the experiment file as UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
