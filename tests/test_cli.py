@@ -203,6 +203,27 @@ def test_a_binary_file_given_as_jsonl_is_one_line(cli, tmp_path, command):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl"]
 
 
+def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(tmp_path):
+    """Wherever Ctrl-C lands (in Python, or inside a call into an environment's JVM, which py4j turns
+    into another error), the command says "interrupted" once and exits 130, writing nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = tmp_path / "x.yaml"
+    spec.write_text("weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\n"
+                    "environment: {name: textworldexpress, tasks: [cookingworld], trainTasks: 400}\n")
+    for delay in (0.8, 1.1, 1.4, 1.8):  # from the start of main() (interpreter start-up is ~0.2 s)
+        p = subprocess.Popen([sys.executable, "-m", "tratree", "expert", str(spec), "-o", str(tmp_path / "x.jsonl")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert (p.returncode, err) == (130, "tratree: interrupted\n"), (delay, p.returncode, err[-2000:])
+        assert not (tmp_path / "x.jsonl").exists()
+
+
 def test_tree_commands_never_import_torch(tmp_path, traj_file):
     code = f"""
 import sys

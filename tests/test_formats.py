@@ -87,6 +87,32 @@ def conversation(id_, replies, observations, reward=None, meta_reward=None, fina
     return item
 
 
+@pytest.mark.parametrize(("errno_", "reason"), [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, monkeypatch, errno_,
+                                                                                    reason):
+    import os
+
+    from tratree.atomic import OutputError
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+
+    def fsync(fd):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputError, match=rf"out\.jsonl: cannot write: {reason}"):
+        write_jsonl(out, [make_traj("t", ["a"], 1.0)])
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_an_output_that_is_a_directory_is_refused(tmp_path):
+    from tratree.atomic import OutputError
+
+    with pytest.raises(OutputError, match="cannot write: it is a directory"):
+        write_jsonl(tmp_path, [])
+
+
 def test_eto_import_maps_turns_to_steps(tmp_path):
     data = [
         conversation("7", ["Thought: search it.\nAction: search[red shirt]", "Thought: buy.\nAction: click[b01]"],

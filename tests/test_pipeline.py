@@ -131,7 +131,11 @@ def test_crash_mid_stage_then_resume_gives_the_same_outputs(tmp_path, full_run, 
     explore_dir = tmp_path / reference["explore"].manifest["prefix"]
     assert not (explore_dir / "manifest.json").exists()  # not committed
     assert len((explore_dir / "trajectories.jsonl.partial").read_text().splitlines()) == 1 + 4  # header + 4
+    # what a model save killed mid-write leaves beside a stage's directory goes on the next run
+    stale = explore_dir.with_name(f".{explore_dir.name}.k1ll3d")
+    (stale / "model").mkdir(parents=True)
     resumed = {o.stage: o for o in run_pipeline(mini.spec, store, only=["trees"])}
+    assert not stale.exists()
     for name in ("expert", "sft-weak", "explore", "trees"):
         assert resumed[name].manifest["digest"] == reference[name].manifest["digest"], name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,16 +11,30 @@ from pathlib import Path
 from typing import IO
 
 
+class OutputError(OSError):
+    """An output that cannot be written (a directory in the way, no permission, a full or read-only
+    disk); the message is one line naming the path."""
+
+
+# errors of the disk itself, whichever write in the block meets them
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temp file next to ``path``; on clean exit fsync and rename it to ``path``.
 
     On any exception the temp file is removed and ``path`` is left as it was, so a
-    reader never sees a half-written output.
+    reader never sees a half-written output. OutputError when the output cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: cannot write: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write: {err.strerror}") from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
@@ -27,6 +42,12 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if err.errno in _DISK_ERRORS or isinstance(err, IsADirectoryError):
+            raise OutputError(f"{path}: cannot write: {err.strerror}") from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

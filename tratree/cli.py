@@ -554,7 +554,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `tratree` command; returns the exit status."""
+    import logging
+
+    # py4j logs a traceback of its own for a Ctrl-C that lands in a JVM call; "interrupted" says it
+    logging.getLogger().addFilter(lambda r: not r.getMessage().startswith("KeyboardInterrupt while sending command"))
+    try:
+        return _run(argv)
+    except BaseException as err:
+        if not _interrupted(err):
+            raise
+        # environments half-started when Ctrl-C came complain as they are collected: say it once
+        sys.unraisablehook = lambda _: None
+        print("tratree: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     from tratree.artifacts import StoreError
+    from tratree.atomic import OutputError
     from tratree.envs.base import EnvironmentUnavailable
     from tratree.formats import FormatError
     from tratree.pipeline import UnknownStage
@@ -566,13 +583,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage,
-            StageError) as err:
+            StageError, OutputError) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("tratree: interrupted", file=sys.stderr)
-        return 130
     return code or 0
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    """Whether Ctrl-C caused ``err``: py4j (the environments' JVM bridge) turns a KeyboardInterrupt
+    that lands in a call into another error raised while handling it."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err, seen = err.__context__, seen + 1
+    return False
 
 
 if __name__ == "__main__":

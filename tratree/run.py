@@ -102,7 +102,7 @@ def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: 
             store.invalidate(dep_prefix)  # found corrupted: it reruns on the next plan
             raise
     out = store.local_path(prefix) or work
-    _clear_stale(out)
+    clear_stale(out)
     started = time.time()
     summary = action(stage.action)(StageContext(spec, stage, local_inputs, out))
     meta = {
@@ -124,8 +124,13 @@ def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: 
     return StageOutcome(stage.name, "done", key, manifest, time.monotonic() - t0)
 
 
-def _clear_stale(out: Path) -> None:
-    """Remove what an earlier, unfinished run left, except partial files a stage resumes from."""
+def clear_stale(out: Path) -> None:
+    """Remove what an earlier, unfinished run left in a stage's output directory, except partial
+    files a stage resumes from, and the temp directories of a model save killed mid-write beside it
+    (``.<key>.*``, which nothing else would ever remove)."""
+    for left in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else ():
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     for path in out.iterdir():
         if path.name.endswith(".partial"):
