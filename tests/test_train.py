@@ -168,3 +168,18 @@ def test_lora_round_trips_and_same_seed_same_weights(tmp_path, tok, gold):
     for name in ("a", "b"):
         train_sft(build_model("weak", tok, seed=0), tok, train, "textworldexpress", spec, tmp_path / name, seed=7)
     assert sha(tmp_path / "a") == sha(tmp_path / "b")
+
+
+def test_saved_models_follow_the_umask_so_a_shared_store_can_read_them(tmp_path, tok):
+    import os
+    import stat
+
+    from tratree.train.models import save_model
+
+    old = os.umask(0o002)  # a lab's group-shared store
+    try:
+        out = save_model(build_model("weak", tok, seed=0), tok, tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o775
+    assert all(stat.S_IMODE(f.stat().st_mode) & 0o664 == 0o664 for f in out.iterdir())

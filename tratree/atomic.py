@@ -58,3 +58,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new hidden directory beside ``path``, with the mode the umask gives new directories (not
+    mkdtemp's 0700), so a store shared by a group (a lab's NFS, Jobs under another uid) can read
+    what is renamed from it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode the umask gives new files (safetensors writes 0600)."""
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob("*"):
+        if f.is_file():
+            f.chmod(mode)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from tratree.atomic import follow_umask, temp_dir_beside
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -85,12 +86,13 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
     _quiet()
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         if merge_lora and hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
