@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,37 @@ def test_saved_models_follow_the_umask_so_a_shared_store_can_read_them(tmp_path,
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o775
     assert all(stat.S_IMODE(f.stat().st_mode) & 0o664 == 0o664 for f in out.iterdir())
+
+
+def test_an_s3_model_cache_is_verified_and_refetched_when_broken_or_changed(tmp_path, s3_env):
+    import os
+
+    import boto3
+
+    from tratree.artifacts import StoreError
+    from tratree.train.models import resolve
+
+    s3 = boto3.client("s3")
+    for name, body in (("config.json", b'{"a": 1}'), ("model.safetensors", b"w" * 1000)):
+        s3.put_object(Bucket=s3_env, Key=f"models/m/{name}", Body=body)
+    cache = str(tmp_path / "cache")
+    local = Path(resolve(f"s3://{s3_env}/models/m", cache))
+    weights = local / "model.safetensors"
+    assert weights.read_bytes() == b"w" * 1000
+    # a corrupted cached file (same size, touched): found by its sha256 and fetched again
+    weights.write_bytes(b"x" * 1000)
+    assert Path(resolve(f"s3://{s3_env}/models/m", cache)) == local and weights.read_bytes() == b"w" * 1000
+    # a truncated one, and one removed
+    weights.write_bytes(b"w" * 10)
+    resolve(f"s3://{s3_env}/models/m", cache)
+    assert weights.read_bytes() == b"w" * 1000
+    os.unlink(local / "config.json")
+    resolve(f"s3://{s3_env}/models/m", cache)
+    assert (local / "config.json").read_bytes() == b'{"a": 1}'
+    # the model replaced in the store: the new one is fetched
+    s3.put_object(Bucket=s3_env, Key="models/m/model.safetensors", Body=b"v" * 1000)
+    resolve(f"s3://{s3_env}/models/m", cache)
+    assert weights.read_bytes() == b"v" * 1000
+    assert [p.name for p in Path(cache).iterdir()] == [local.name]  # no temp directory left
+    with pytest.raises(StoreError, match="no objects under this prefix"):
+        resolve(f"s3://{s3_env}/models/none", cache)

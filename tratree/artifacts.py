@@ -272,17 +272,26 @@ def open_store(uri: str) -> Store:
     raise StoreError(f"{uri}: a store is a file:// or s3:// URI")
 
 
-def download_prefix(uri: str, target: Path) -> None:
-    """Download every object under an s3:// prefix (a model someone uploaded) into ``target``."""
+def list_prefix(uri: str) -> dict[str, dict[str, Any]]:
+    """Every object under an s3:// prefix (a model someone uploaded): relative name -> size and ETag."""
     store = S3Store(uri)
     paginator = store.client.get_paginator("list_objects_v2")
-    found = False
-    for page in paginator.paginate(Bucket=store.bucket, Prefix=store.prefix.rstrip("/") + "/"):
+    out: dict[str, dict[str, Any]] = {}
+    pages = store._call(f"list {uri}", lambda: list(paginator.paginate(Bucket=store.bucket,
+                                                                       Prefix=store.prefix.rstrip("/") + "/")))
+    for page in pages:
         for obj in page.get("Contents", []):
-            found = True
             rel = obj["Key"][len(store.prefix) :].lstrip("/")
-            dest = target / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            store.client.download_file(store.bucket, obj["Key"], str(dest))
-    if not found:
+            out[rel] = {"size": int(obj["Size"]), "etag": obj.get("ETag", "")}
+    if not out:
         raise StoreError(f"{uri}: no objects under this prefix")
+    return out
+
+
+def download_prefix(uri: str, target: Path, names: list[str] | None = None) -> None:
+    """Download the objects under an s3:// prefix (``names``, default all) into ``target``."""
+    store = S3Store(uri)
+    for rel in names if names is not None else list(list_prefix(uri)):
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        store.download(rel, dest)

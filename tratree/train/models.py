@@ -47,17 +47,71 @@ def adapter_base(path: str) -> str | None:
 
 
 def resolve(ref: str, cache_dir: str | None = None) -> str:
-    """A local directory or hub id for a model reference; s3:// URIs are downloaded to a cache once."""
+    """A local directory or hub id for a model reference; s3:// URIs are downloaded to a cache.
+
+    A cached copy is used only while it is intact and current: the prefix's listing (names, sizes,
+    ETags) must match the one it was fetched from, and every file its recorded size and sha256
+    (rehashed when its modification time changed). Otherwise it is fetched again.
+    """
     if not ref.startswith("s3://"):
         return ref
-    from tratree.artifacts import download_prefix
+    from tratree.artifacts import list_prefix
 
     cache = Path(cache_dir or os.environ.get("TRATREE_MODEL_CACHE", Path.home() / ".cache" / "tratree" / "models"))
     target = cache / ref.removeprefix("s3://").replace("/", "__")
-    if not (target / ".complete").exists():
-        download_prefix(ref, target)
-        (target / ".complete").touch()
+    listing = list_prefix(ref)
+    if _cached_copy_intact(target, listing):
+        return str(target)
+    _fetch(ref, target, listing)
     return str(target)
+
+
+_RECORD = ".complete"
+
+
+def _cached_copy_intact(target: Path, listing: dict[str, dict[str, Any]]) -> bool:
+    from tratree.artifacts import sha256_file
+
+    try:
+        record = json.loads((target / _RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("objects") != listing:
+        return False
+    for rel, info in record.get("files", {}).items():
+        path = target / rel
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if st.st_size != info["size"]:
+            return False
+        if st.st_mtime_ns != info["mtime_ns"] and sha256_file(path) != info["sha256"]:
+            return False
+    return set(record.get("files", {})) == set(listing)
+
+
+def _fetch(ref: str, target: Path, listing: dict[str, dict[str, Any]]) -> None:
+    """Download into a temp directory beside ``target``, record what was fetched, then swap it in."""
+    from tratree.artifacts import StoreError, download_prefix, sha256_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(target)
+    try:
+        download_prefix(ref, tmp, list(listing))
+        files = {}
+        for rel, info in listing.items():
+            st = (tmp / rel).stat()
+            if st.st_size != info["size"]:
+                raise StoreError(f"{ref}/{rel}: downloaded {st.st_size} bytes, the store lists {info['size']}")
+            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(tmp / rel)}
+        (tmp / _RECORD).write_text(json.dumps({"objects": listing, "files": files}, sort_keys=True))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_causal_lm(ref: str, dtype: str = "auto", trainable: bool = False) -> tuple[Any, Any]:
