@@ -155,3 +155,46 @@ def test_a_reply_without_an_action_is_answered_as_eto_does_and_recorded():
     assert [s.action for s in traj.steps] == ["look", "I am not sure what to do.", "win"]
     assert traj.steps[2].observation == INVALID_FORMAT  # what the agent saw after its bad reply
     assert traj.meta["unparsed_replies"] == 1 and traj.score == 1.0
+
+
+class DyingEnv(CountingEnv):
+    """An instance whose JVM dies at its ``dies_at``-th step (Py4J's error when the gateway is gone)."""
+
+    def __init__(self, dies_at):
+        super().__init__()
+        self.dies_at, self.closed = dies_at, False
+
+    def step(self, action):
+        if len(self.steps) + 1 == self.dies_at:
+            raise ConnectionRefusedError("An error occurred while trying to connect to the Java server")
+        return super().step(action)
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_dying_environment_is_replaced_and_its_episode_run_again_within_a_bound():
+    from tratree.envs import EnvPool
+    from tratree.rollout import EnvironmentFailed, Episode, run_episodes
+
+    class Backend:
+        max_new_tokens = 16
+
+        def generate(self, requests):
+            return ["Thought: go.\nAction: " + ("win" if len(r.messages) > 5 else "look") for r in requests]
+
+    made = []
+
+    def factory(plan):
+        def make():
+            made.append(DyingEnv(plan[len(made)] if len(made) < len(plan) else 0))
+            return made[-1]
+        return make
+
+    (traj,) = run_episodes([Episode("t/train/0")], EnvPool(factory([2])), Backend(), "p", lambda _: 10, 1)
+    assert traj.score == 1.0 and traj.meta["env_restarts"] == 1
+    assert [s.action for s in traj.steps] == ["look", "look", "win"]  # the whole episode, on the new instance
+    assert made[0].closed and len(made) == 2  # the dead instance was closed, a new one took the episode
+    made.clear()
+    with pytest.raises(EnvironmentFailed, match=r"task t/train/0: the environment failed 3 times \(ConnectionRefused"):
+        list(run_episodes([Episode("t/train/0")], EnvPool(factory([1, 1, 1])), Backend(), "p", lambda _: 10, 1))

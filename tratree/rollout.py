@@ -6,6 +6,10 @@ environments are JVMs behind sockets). A finished episode frees its slot for the
 A reply with no parseable action is answered as ETO answers it ("Invalid format. The input must
 contains 'Action: '", the environment not stepped, the step counted) and recorded: its first line
 stands as the step's action and the trajectory's ``unparsed_replies`` counts it.
+
+An environment instance that fails (its JVM out of memory or dead) is closed and replaced, and the
+episode runs again from its start, at most ``ENV_RETRIES`` times; the trajectory's ``env_restarts``
+records it. Past that, EnvironmentFailed names the task and the error.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tratree.envs import Environment, EnvPool, Outcome
+from tratree.envs import Environment, EnvironmentUnavailable, EnvPool, Outcome
 from tratree.formats import Step, Trajectory
 from tratree.policy.base import Backend, GenerationRequest
 from tratree.policy.prompts import conversation
@@ -33,6 +37,13 @@ class Episode:
     meta: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
+ENV_RETRIES = 2
+
+
+class EnvironmentFailed(EnvironmentUnavailable):
+    """An environment instance failed on the same episode more than ``ENV_RETRIES`` times."""
+
+
 @dataclass
 class _Running:
     episode: Episode
@@ -42,6 +53,7 @@ class _Running:
     steps: list[Step] = field(default_factory=list)
     last: Outcome | None = None
     unparsed: int = 0
+    restarts: int = 0
 
 
 def _finish(run: _Running, max_steps: int) -> Trajectory:
@@ -60,6 +72,7 @@ def _finish(run: _Running, max_steps: int) -> Trajectory:
             "top_p": run.episode.top_p,
             "seed": run.episode.seed,
             "unparsed_replies": run.unparsed,
+            "env_restarts": run.restarts,
             "step_limit_reached": not last.done and len(run.steps) >= max_steps,
         },
     )
@@ -69,12 +82,42 @@ def _finish(run: _Running, max_steps: int) -> Trajectory:
 INVALID_FORMAT = "Invalid format. The input must contains 'Action: '"
 
 
-def _act(run: _Running, action: str | None) -> Outcome:
+def _act(run: _Running, action: str | None) -> Outcome | Exception:
     if action is not None:
-        return run.env.step(action)
+        try:
+            return run.env.step(action)
+        except ValueError:
+            raise  # bad input (an unknown task): not the instance's fault
+        except Exception as err:  # the instance failed: the caller replaces it
+            return err
     last = run.last
     return Outcome(observation=INVALID_FORMAT, score=last.score if last else 0.0, done=False,
                    success=last.success if last else False)
+
+
+def _start(pool: EnvPool, episode: Episode, restarts: int = 0) -> _Running:
+    """The episode on a fresh start, on a working instance (replacing failed ones, within the bound)."""
+    while True:
+        env = pool.acquire()
+        try:
+            start = env.reset(episode.task_id)
+        except ValueError:
+            pool.release(env)
+            raise
+        except Exception as err:
+            restarts = _replace(pool, env, episode, restarts, err)
+            continue
+        return _Running(episode, env, start.instruction, start.observation, restarts=restarts)
+
+
+def _replace(pool: EnvPool, env: Environment, episode: Episode, restarts: int, err: Exception) -> int:
+    """Close a failed instance; the episode's restart count, or EnvironmentFailed past the bound."""
+    pool.discard(env)
+    if restarts >= ENV_RETRIES:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EnvironmentFailed(f"task {episode.task_id}: the environment failed {restarts + 1} times "
+                                f"({type(err).__name__}: {detail[:200]})") from None
+    return restarts + 1
 
 
 def run_episodes(
@@ -98,9 +141,7 @@ def run_episodes(
                 ep = next(pending, None)
                 if ep is None:
                     break
-                env = pool.acquire()
-                start = env.reset(ep.task_id)
-                running.append(_Running(ep, env, start.instruction, start.observation))
+                running.append(_start(pool, ep))
             if not running:
                 return
             requests = [
@@ -125,6 +166,9 @@ def run_episodes(
             outcomes = list(threads.map(lambda ra: _act(*ra), zip(running, actions, strict=True)))
             still = []
             for r, out in zip(running, outcomes, strict=True):
+                if isinstance(out, Exception):  # its instance failed: the episode starts again on a new one
+                    still.append(_start(pool, r.episode, _replace(pool, r.env, r.episode, r.restarts, out)))
+                    continue
                 r.last, r.observation = out, out.observation
                 limit = step_limit(r.episode.task_id)
                 if out.done or len(r.steps) >= limit:

@@ -89,6 +89,13 @@ class EnvPool:
     def release(self, env: Environment) -> None:
         self._free.append(env)
 
+    def discard(self, env: Environment) -> None:
+        """Close an instance that failed; the next ``acquire`` starts another."""
+        with contextlib.suppress(Exception):
+            env.close()
+        with contextlib.suppress(ValueError):
+            self._all.remove(env)
+
     def close(self) -> None:
         for env in self._all:
             with contextlib.suppress(Exception):
