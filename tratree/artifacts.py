@@ -15,12 +15,14 @@ uploads large files (models) in parts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,20 @@ class Store(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    # Leases (see tratree.lease): small objects changed only by compare-and-swap. A token names the
+    # version read; a create or swap that finds another version returns None.
+    @abstractmethod
+    def create_new(self, key: str, data: bytes) -> str | None:
+        """Write ``key`` only if it does not exist; its token, or None when it exists."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes of ``key`` and their token; None when it does not exist."""
+
+    @abstractmethod
+    def swap(self, key: str, data: bytes, token: str) -> str | None:
+        """Replace ``key`` only if it still has ``token``; the new token, or None when it changed or went."""
 
     def local_path(self, key: str) -> Path | None:
         """Where the object can be read in place (local stores), else None."""
@@ -193,6 +209,48 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    @staticmethod
+    def _token(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def create_new(self, key: str, data: bytes) -> str | None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(path):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        return self._token(data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        data = self.read_bytes(key)
+        return None if data is None else (data, self._token(data))
+
+    def swap(self, key: str, data: bytes, token: str) -> str | None:
+        path = self._path(key)
+        with self._locked(path):
+            current = self.read_bytes(key)
+            if current is None or self._token(current) != token:
+                return None
+            self.write_bytes(key, data)
+        return self._token(data)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path) -> Iterator[None]:
+        """An exclusive lock beside ``path`` (flock: this host, and NFS with locking) around a swap."""
+        import fcntl
+
+        with open(path.with_name(path.name + ".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
 
 class S3Store(Store):
     def __init__(self, uri: str, client: Any = None) -> None:
@@ -240,6 +298,28 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
+                return None
+            raise StoreError(f"{self.uri}: put {key}: {code or err}") from None
+        return resp["ETag"]
+
+    def create_new(self, key: str, data: bytes) -> str | None:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        resp = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return None if resp is None else (resp["Body"].read(), resp["ETag"])
+
+    def swap(self, key: str, data: bytes, token: str) -> str | None:
+        return self._conditional_put(key, data, IfMatch=token)
 
     def _head(self, key: str) -> dict[str, Any] | None:
         return self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))

@@ -85,12 +85,32 @@ def stage_key(store: Store, stages: dict[str, Stage], stage: Stage) -> tuple[str
 
 def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]]) -> StageOutcome:
     """Run one stage whose inputs are done and commit its outputs; cached if already done."""
-    from tratree.stages import StageContext, action
+
+    from tratree.lease import held
 
     t0 = time.monotonic()
     manifest = _done(store, stage, key)
     if manifest is not None:
         return StageOutcome(stage.name, "cached", key, manifest, time.monotonic() - t0)
+    prefix = stage.prefix(key)
+    found: list[dict[str, Any]] = []
+
+    def done_meanwhile() -> bool:
+        m = _done(store, stage, key)
+        if m is not None:
+            found.append(m)
+        return m is not None
+
+    with held(store, f"{prefix}.lease", done_meanwhile, f"stage {stage.name}") as lease:
+        if lease is None:  # another runner made it while this one waited
+            return StageOutcome(stage.name, "cached", key, found[0], time.monotonic() - t0)
+        return _execute_held(store, spec, stage, key, inputs, t0)
+
+
+def _execute_held(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]],
+                  t0: float) -> StageOutcome:
+    from tratree.stages import StageContext, action
+
     prefix = stage.prefix(key)
     work = work_root() / stage.name / key
     local_inputs = {}
