@@ -62,8 +62,8 @@ def test_two_runs_on_one_store_run_each_stage_once(tmp_path):
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out1, err1 = first.communicate(timeout=600)
-    out2, err2 = second.communicate(timeout=600)
+    _, err1 = first.communicate(timeout=600)
+    _, err2 = second.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode == 0, err1[-2000:] + err2[-2000:]
     assert "being run by" in err1 + err2
     done = [line for line in (err1 + err2).splitlines() if " done in " in line]

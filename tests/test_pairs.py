@@ -98,6 +98,28 @@ def test_min_gap_and_cap():
     assert [(p.chosen[0].action, p.rejected[0].action) for p in capped] == [("a", "d"), ("b", "d")]
 
 
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.6, 0.9, 1.0]), min_size=2, max_size=30),
+       cap=st.integers(1, 40), gap=st.sampled_from([0.0, 0.2]))
+def test_a_nodes_cap_keeps_its_widest_pairs_as_listing_every_pair_would(values, cap, gap):
+    from tratree.pairs import _node_pairs
+
+    every = _node_pairs(values, gap, None)
+    expect = sorted(sorted(every, key=lambda t: -t[0])[:cap], key=lambda t: (min(t[1:]), max(t[1:])))
+    got = _node_pairs(values, gap, cap)
+    assert len(got) == min(cap, len(every))
+    # the same gaps (which of equal-gap pairs is kept may differ), each a real pair, better first
+    assert sorted(g for g, _, _ in got) == sorted(g for g, _, _ in expect)
+    assert all(values[a] - values[b] == g > gap for g, a, b in got) and len({(a, b) for _, a, b in got}) == len(got)
+
+
+def test_a_root_with_a_hundred_thousand_children_gives_its_widest_pairs_not_five_billion():
+    trajs = [make_traj("t", [f"a{i}"], (i % 11) / 10) for i in range(100_000)]
+    tree, = build_trees(trajs)
+    pairs = tree_pairs(tree)  # listing every pair would take the machine's memory (issue 16)
+    assert len(pairs) == 15 and all(p.chosen_value == 1.0 and p.rejected_value == 0.0 for p in pairs)
+
+
 def test_no_pairs_without_a_score_difference():
     tree, = build_trees([make_traj("t", ["a"], 0.5), make_traj("t", ["b"], 0.5)])
     assert tree_pairs(tree) == []
@@ -108,7 +130,7 @@ def test_no_pairs_without_a_score_difference():
        continuation=st.sampled_from(["leaf", "first-step"]))
 def test_every_pair_is_a_divergence_with_the_gap_and_a_shared_prefix(trajs, gap, continuation):
     tree, = build_trees(trajs)
-    pairs = tree_pairs(tree, gap, continuation)
+    pairs = tree_pairs(tree, gap, continuation, max_per_node=None)
     assert len(pairs) == brute_force_count(tree, gap)
     for p in pairs:
         assert p.chosen_value > p.rejected_value

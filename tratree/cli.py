@@ -111,9 +111,10 @@ def cmd_pairs(args: argparse.Namespace) -> None:
     from tratree.pairs import pairs_of_trees
 
     trees = _read_trajectories_or_trees(args.trees)
-    out = list(pairs_of_trees(trees, args.mode, args.min_gap, args.continuation, args.max_pairs_per_tree, args.seed))
-    _write_lines(args.output, (p.model_dump_json() for p in out))
-    print(f"{len(out)} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
+    pairs = pairs_of_trees(trees, args.mode, args.min_gap, args.continuation, args.max_pairs_per_tree, args.seed,
+                           None if args.max_pairs_per_node == 0 else args.max_pairs_per_node)
+    n = _write_lines(args.output, (p.model_dump_json() for p in pairs))
+    print(f"{n} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
 
 
 def cmd_mcts(args: argparse.Namespace) -> None:
@@ -388,13 +389,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_lines(path: str, lines) -> None:
+def _write_lines(path: str, lines) -> int:
+    """Write lines atomically; how many."""
     from tratree.atomic import atomic_write
 
+    n = 0
     with atomic_write(path) as fh:
         for line in lines:
             fh.write(line)
             fh.write("\n")
+            n += 1
+    return n
 
 
 def _finite(text: str) -> float:
@@ -429,6 +434,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
@@ -479,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=["tree", "random"], default="tree")
     sp.add_argument("--continuation", choices=["leaf", "first-step"], default="leaf")
     sp.add_argument("--max-pairs-per-tree", type=_positive_int, default=None)
+    sp.add_argument("--max-pairs-per-node", type=_non_negative_int, default=15,
+                    help="the widest pairs kept at one divergence point (default 15; 0: every pair)")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add(sub, "mcts", cmd_mcts, "offline MCTS on each tree -> e* paths")

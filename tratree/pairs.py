@@ -6,6 +6,7 @@ Pure and torch-free.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -16,6 +17,10 @@ from tratree.tree import Tree, task_rng
 Continuation = Literal["leaf", "first-step"]
 PairMode = Literal["tree", "random"]
 
+# Every pair of 6 children (the paper's M = 6 trajectories per task): the cap binds only where a
+# node has more children than that, e.g. a root with thousands of one-step episodes.
+MAX_PAIRS_PER_NODE = 15
+
 
 def pairs_of_trees(
     trees: Iterable[Tree],
@@ -24,31 +29,60 @@ def pairs_of_trees(
     continuation: Continuation = "leaf",
     max_pairs: int | None = None,
     seed: int = 0,
+    max_per_node: int | None = MAX_PAIRS_PER_NODE,
 ) -> Iterator[Pair]:
     """The pairs of many trees, tree by tree: TreeDPO pairs, or as many random pairs per task
     as TreeDPO gives it (seeded per task, so the result does not depend on the trees' order)."""
     for tree in trees:
         if mode == "tree":
-            yield from tree_pairs(tree, min_gap, continuation, max_pairs)
+            yield from tree_pairs(tree, min_gap, continuation, max_pairs, max_per_node)
         else:
-            yield from random_pairs(tree, task_rng(seed, tree.task_id), count_tree_pairs(tree, min_gap, max_pairs),
-                                    min_gap)
+            count = count_tree_pairs(tree, min_gap, max_pairs, max_per_node)
+            yield from random_pairs(tree, task_rng(seed, tree.task_id), count, min_gap)
 
 
-def _divergences(tree: Tree, min_gap: float, max_pairs: int | None) -> list[tuple[float, int, int, int]]:
-    """(gap, divergence node, better child, worse child) of every sibling pair wider than ``min_gap``."""
+def _node_pairs(vals: list[float], min_gap: float, cap: int | None) -> list[tuple[float, int, int]]:
+    """(gap, better, worse) positions of the children pairs wider than ``min_gap``, in children order;
+    past ``cap`` pairs, the ``cap`` widest (ties by position), found without listing every pair."""
+    n = len(vals)
+    if cap is None or n * (n - 1) // 2 <= cap:
+        out = []
+        for i in range(n):
+            for j in range(i + 1, n):
+                gap = vals[i] - vals[j]
+                if gap > min_gap:
+                    out.append((gap, i, j))
+                elif -gap > min_gap:
+                    out.append((-gap, j, i))
+        return out
+    # children by value, best first: the widest gaps pair the front with the back, so walk the
+    # (front, back) grid from its widest corner with a heap
+    order = sorted(range(n), key=lambda k: (-vals[k], k))
+    heap = [(-(vals[order[0]] - vals[order[-1]]), 0, n - 1)]
+    seen = {(0, n - 1)}
+    picked = []
+    while heap and len(picked) < cap:
+        neg, a, b = heapq.heappop(heap)
+        if -neg <= min_gap:
+            break
+        picked.append((-neg, order[a], order[b]))
+        for na, nb in ((a + 1, b), (a, b - 1)):
+            if na < nb and (na, nb) not in seen:
+                seen.add((na, nb))
+                heapq.heappush(heap, (-(vals[order[na]] - vals[order[nb]]), na, nb))
+    return sorted(picked, key=lambda t: (min(t[1], t[2]), max(t[1], t[2])))
+
+
+def _divergences(tree: Tree, min_gap: float, max_pairs: int | None,
+                 max_per_node: int | None = MAX_PAIRS_PER_NODE) -> list[tuple[float, int, int, int]]:
+    """(gap, divergence node, better child, worse child) of every sibling pair wider than ``min_gap``
+    (at most ``max_per_node`` per node, the widest)."""
     found: list[tuple[float, int, int, int]] = []
     for v, cs in enumerate(tree.children):
         if len(cs) < 2:
             continue
-        vals = [tree.value(c) for c in cs]
-        for i in range(len(cs)):
-            for j in range(i + 1, len(cs)):
-                gap = vals[i] - vals[j]
-                if gap > min_gap:
-                    found.append((gap, v, cs[i], cs[j]))
-                elif -gap > min_gap:
-                    found.append((-gap, v, cs[j], cs[i]))
+        for gap, good, bad in _node_pairs([tree.value(c) for c in cs], min_gap, max_per_node):
+            found.append((gap, v, cs[good], cs[bad]))
     if max_pairs is not None and len(found) > max_pairs:
         # widest gaps first; ties keep tree order, so the cap is deterministic
         order = sorted(range(len(found)), key=lambda k: (-found[k][0], k))[:max_pairs]
@@ -56,9 +90,10 @@ def _divergences(tree: Tree, min_gap: float, max_pairs: int | None) -> list[tupl
     return found
 
 
-def count_tree_pairs(tree: Tree, min_gap: float = 0.0, max_pairs: int | None = None) -> int:
+def count_tree_pairs(tree: Tree, min_gap: float = 0.0, max_pairs: int | None = None,
+                     max_per_node: int | None = MAX_PAIRS_PER_NODE) -> int:
     """How many TreeDPO pairs ``tree_pairs`` gives for this tree with these settings."""
-    return len(_divergences(tree, min_gap, max_pairs))
+    return len(_divergences(tree, min_gap, max_pairs, max_per_node))
 
 
 def tree_pairs(
@@ -66,14 +101,16 @@ def tree_pairs(
     min_gap: float = 0.0,
     continuation: Continuation = "leaf",
     max_pairs: int | None = None,
+    max_per_node: int | None = MAX_PAIRS_PER_NODE,
 ) -> list[Pair]:
     """TreeDPO pairs of one tree.
 
     At every divergence point (a node, the root included, with >= 2 children), each
     unordered pair of children whose values differ by more than ``min_gap`` gives one
     pair: the shared prefix h (root to the divergence point), the better child's
-    continuation as chosen and the worse one's as rejected. ``max_pairs`` keeps the pairs
-    with the widest value gaps.
+    continuation as chosen and the worse one's as rejected. ``max_per_node`` keeps a node's widest
+    pairs (a root with thousands of children gives that many, not millions), and ``max_pairs`` the
+    tree's widest.
 
     With ``leaf``, the chosen continuation runs from the better child to the end of its
     best-scoring explored trajectory and the rejected one from the worse child to the end
@@ -83,7 +120,7 @@ def tree_pairs(
     prefix+rejected; ``chosen_value``/``rejected_value`` are those trajectories' mean scores.
     With ``first-step`` each side is the child alone and the values are the children's.
     """
-    found = _divergences(tree, min_gap, max_pairs)
+    found = _divergences(tree, min_gap, max_pairs, max_per_node)
     # Steps and best descents are shared by many pairs: build each once.
     step_cache: dict[int, Step] = {}
     descent_cache: dict[tuple[int, bool], list[int]] = {}

@@ -272,6 +272,10 @@ class TreeDPOSpec(SpecModel):
     min_score_gap: float = Field(0.0, ge=0, lt=1)
     continuation: Literal["leaf", "first-step"] = "leaf"
     max_pairs_per_tree: int | None = Field(None, ge=1)
+    max_pairs_per_node: int | None = Field(
+        15, ge=1, description="The widest pairs kept at one divergence point (15: every pair of 6 children, the "
+        "paper's M; it binds only at nodes with more children). null: every pair.",
+    )
     seed: int = Field(0, ge=0)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tratree.formats import Trajectory, read_jsonl, write_jsonl
+from tratree.formats import Pair, Trajectory, read_jsonl, write_jsonl
 from tratree.stages import StageContext, StageError
 
 TRAJECTORIES = "trajectories.jsonl"
@@ -81,13 +82,20 @@ def pairs(ctx: StageContext) -> dict[str, Any]:
     from tratree.tree import read_trees
 
     cfg = ctx.spec.tree_dpo
-    out = list(pairs_of_trees(read_trees(ctx.input("trees") / "trees.jsonl"), ctx.stage.params["mode"],
-                              cfg.min_score_gap, cfg.continuation, cfg.max_pairs_per_tree, cfg.seed))
-    write_jsonl(ctx.out / "pairs.jsonl", out)
-    if not out:
+    tasks: set[str] = set()
+
+    def counted(pairs: Iterator[Pair]) -> Iterator[Pair]:
+        for pair in pairs:  # streamed to the file: memory stays that of one tree's pairs
+            tasks.add(pair.task_id)
+            yield pair
+
+    n = write_jsonl(ctx.out / "pairs.jsonl", counted(pairs_of_trees(
+        read_trees(ctx.input("trees") / "trees.jsonl"), ctx.stage.params["mode"], cfg.min_score_gap, cfg.continuation,
+        cfg.max_pairs_per_tree, cfg.seed, cfg.max_pairs_per_node)))
+    if not n:
         print(f"tratree: warning: {ctx.stage.name}: the trees gave no preference pairs (no divergence point with a "
               f"value gap above {cfg.min_score_gap}); DPO will return its initial policy unchanged", file=sys.stderr)
-    return {"pairs": len(out), "tasks": len({p.task_id for p in out})}
+    return {"pairs": n, "tasks": len(tasks)}
 
 
 def mcts(ctx: StageContext) -> dict[str, Any]:
