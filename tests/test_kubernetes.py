@@ -488,17 +488,21 @@ def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_j
 
 
 def test_suspend_holds_new_jobs_and_resuming_continues(kube, operator, s3_env):
+    """Also: a name with a dot (valid for the resource) gives valid Job and ConfigMap names."""
     ns = namespace(kube, "suspended")
     s3_secret(kube, ns)
-    kube.apply(experiment("paused", s3_env, suspend=True), "-n", ns)
-    kube.wait_for(lambda: status(kube, "paused", ns).get("conditions"), 60, "the operator to see it")
+    kube.apply(experiment("paused.v1", s3_env, suspend=True), "-n", ns)
+    kube.wait_for(lambda: status(kube, "paused.v1", ns).get("conditions"), 60, "the operator to see it")
     time.sleep(3)  # a few resyncs: still nothing runs
-    st = status(kube, "paused", ns)
+    st = status(kube, "paused.v1", ns)
     assert st["phase"] == "Pending" and kube.list("jobs", ns) == []
     assert next(x for x in st["conditions"] if x["type"] == "Progressing")["reason"] == "Suspended"
-    kube.kubectl("-n", ns, "patch", "w2sg", "paused", "--type=merge", "-p", '{"spec": {"suspend": false}}')
-    wait_phase(kube, "paused", ns, "Succeeded", operator, 300)
-    kube.kubectl("-n", ns, "delete", "w2sg", "paused")
+    kube.kubectl("-n", ns, "patch", "w2sg", "paused.v1", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    st = wait_phase(kube, "paused.v1", ns, "Succeeded", operator, 300)
+    jobs = kube.list("jobs", ns, "tratree.io/experiment=paused.v1")
+    assert len(jobs) == len(st["stages"]) and all(j["metadata"]["name"].startswith("paused-v1-") for j in jobs)
+    assert kube.get("configmap", "paused-v1-spec", ns) is not None
+    kube.kubectl("-n", ns, "delete", "w2sg", "paused.v1")
 
 
 def test_an_operator_without_its_peering_object_says_so(kube, operator, tmp_path):

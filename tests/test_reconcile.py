@@ -513,3 +513,38 @@ def test_jobs_of_a_deleted_experiment_of_the_same_name_are_never_adopted():
     old["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
     w.step()
     assert w.stage("expert")["state"] == "Running" and w.stage("expert")["job"] == made["metadata"]["name"]
+
+
+def test_a_failed_job_is_counted_once_however_often_its_event_is_told():
+    import asyncio
+
+    from tratree_operator import metrics
+    from tratree_operator.controller import Controller
+    from tratree_operator.reconcile import Decision, Event
+
+    class Kube:
+        async def patch_status(self, *args):
+            """The status write (lost or not, the next pass tells the same story)."""
+
+        async def post_event(self, body, event):
+            self.posted = [*getattr(self, "posted", []), event.reason]
+
+    kube = Kube()
+    controller = Controller(kube, OperatorConfig())
+    body = {"metadata": {"namespace": "ns", "name": "exp", "resourceVersion": "1"}, "status": {}}
+    counter = metrics.JOB_FAILURES.labels("sft-weak")
+    before = counter._value.get()
+
+    def told(attempts: int, reason: str) -> Decision:
+        entry = {"state": "Running" if reason == "StageAttemptFailed" else "Failed", "key": "k", "attempts": attempts}
+        return Decision(status={"phase": "Running", "stages": {"sft-weak": entry}},
+                        events=[Event("Warning", reason, "m", "sft-weak")])
+
+    async def passes() -> None:
+        for attempts, reason in ((1, "StageAttemptFailed"), (1, "StageAttemptFailed"), (2, "StageFailed"),
+                                 (2, "StageFailed")):
+            await controller.apply(body, told(attempts, reason))
+
+    asyncio.run(passes())
+    assert counter._value.get() - before == 2  # two Jobs failed; their Events were told four times
+    assert kube.posted.count("StageFailed") == 2  # the Events themselves still go out as told

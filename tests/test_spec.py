@@ -97,9 +97,14 @@ def test_missing_models_and_bad_manifests(tmp_path):
         load_experiment(write(tmp_path, "apiVersion: tratree.io/v1alpha1\nkind: Pod\nmetadata: {name: x}\nspec: {}\n"))
     with pytest.raises(SpecError, match=r"metadata\.name"):
         load_experiment(write(tmp_path, "apiVersion: tratree.io/v1alpha1\nkind: W2SGExperiment\nspec: {}\n"))
-    with pytest.raises(SpecError, match="not a DNS-1123 label"):
-        load_experiment(write(tmp_path, "apiVersion: tratree.io/v1alpha1\nkind: W2SGExperiment\n"
-                              "metadata: {name: Bad_Name}\nspec: {weak: {model: w}, strong: {model: s}}\n"))
+    for bad in ("Bad_Name", "a" * 64, "-x", "x.", "a..b"):
+        with pytest.raises(SpecError, match="is not a valid experiment name"):
+            load_experiment(write(tmp_path, "apiVersion: tratree.io/v1alpha1\nkind: W2SGExperiment\n"
+                                  f"metadata: {{name: '{bad}'}}\nspec: {{weak: {{model: w}}, strong: {{model: s}}}}\n"))
+    # any name Kubernetes allows for the resource and a label allows as a value, dots included
+    exp = load_experiment(write(tmp_path, "apiVersion: tratree.io/v1alpha1\nkind: W2SGExperiment\n"
+                                "metadata: {name: webshop.llama2-v1}\nspec: {weak: {model: w}, strong: {model: s}}\n"))
+    assert exp.name == "webshop.llama2-v1"
     with pytest.raises(SpecError, match=r"exp.yaml:\d+: not valid YAML"):
         load_experiment(write(tmp_path, "weak: {model: w}\nstrong: [unclosed\n"))
     with pytest.raises(SpecError, match="cannot read"):

@@ -309,10 +309,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     exp = _experiment(args.experiment)
     if args.name:
-        from tratree.spec import DNS_LABEL
+        from tratree.spec import EXPERIMENT_NAME, NAME_RULE
 
-        if not DNS_LABEL.match(args.name):
-            raise CLIError(f"--name: {args.name!r} is not a DNS-1123 label (lowercase, digits, '-')")
+        if not EXPERIMENT_NAME.match(args.name):
+            raise CLIError(f"--name: {args.name!r} is not a valid experiment name ({NAME_RULE})")
         exp = exp.model_copy(update={"name": args.name})
     try:
         from tratree.submit import SubmitError, submit, wait

@@ -49,7 +49,11 @@ StageKind = Literal[
     "report",
 ]
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# An experiment's name: a DNS-1123 subdomain (what Kubernetes allows for the resource) of at most 63
+# characters, since it is also the value of the tratree.io/experiment label on its Jobs and Pods.
+# Job and ConfigMap names are derived from it with '.' replaced (tratree_operator.jobs).
+EXPERIMENT_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+NAME_RULE = "lowercase letters, digits, '-' and '.', starting and ending alphanumeric, at most 63 characters"
 
 
 class SpecError(ValueError):
@@ -420,8 +424,8 @@ def parse_experiment(data: Any, source: str = "<spec>", default_name: str = "exp
         body = data.get("spec")
         if not isinstance(body, dict):
             raise SpecError(f"{source}: spec: expected a mapping")
-    if not DNS_LABEL.match(name):
-        raise SpecError(f"{source}: metadata.name: {name!r} is not a DNS-1123 label (lowercase, digits, '-')")
+    if not EXPERIMENT_NAME.match(name):
+        raise SpecError(f"{source}: metadata.name: {name!r} is not a valid experiment name ({NAME_RULE})")
     try:
         spec = ExperimentSpec.model_validate(body)
     except ValidationError as err:

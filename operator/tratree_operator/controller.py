@@ -104,6 +104,7 @@ class Controller:
         self.peering = peering  # None: the only replica
         self.store = StoreReader()
         self.phases = metrics.PhaseBook()
+        self._failures_counted: set[tuple[Any, ...]] = set()
         self._slots: dict[Key, _Slot] = {}
         self._limit = asyncio.Semaphore(concurrency)
 
@@ -203,8 +204,17 @@ class Controller:
         self._observe(old, decision.status)
         for event in decision.events:
             if event.reason in ("StageAttemptFailed", "StageFailed"):
-                metrics.JOB_FAILURES.labels(event.stage).inc()
+                self._count_failure(ns, name, event.stage, decision.status)
             await self.kube.post_event(body, event)
+
+    def _count_failure(self, ns: str, name: str, stage: str | None, status: dict[str, Any]) -> None:
+        """Count a failed Job attempt once, however often its Event is told again (a pass whose status
+        write was lost tells the same story again)."""
+        entry = (status.get("stages") or {}).get(stage or "") or {}
+        mark = (ns, name, stage, entry.get("key"), entry.get("attempts"))
+        if mark not in self._failures_counted:
+            self._failures_counted.add(mark)
+            metrics.JOB_FAILURES.labels(stage).inc()
 
     @staticmethod
     def _observe(old: dict[str, Any], new: dict[str, Any]) -> None:
