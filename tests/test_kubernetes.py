@@ -464,8 +464,12 @@ def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_
     assert entry["state"] == "Failed" and entry["attempts"] == 2 and "no expert trajectories" in entry["message"]
     assert {e["state"] for name, e in st["stages"].items() if name != "expert"} == {"Pending"}
     assert jobs_made(kube, ns, "failing") == ["expert", "expert"]
-    failed = next(x for x in st["conditions"] if x["type"] == "Failed")
-    assert failed["status"] == "True" and "expert" in failed["message"]
+    conds = {x["type"]: x for x in st["conditions"]}
+    assert conds["Failed"]["status"] == "True" and "expert" in conds["Failed"]["message"]
+    assert (conds["Succeeded"]["status"], conds["Succeeded"]["reason"]) == ("False", "StageFailed")
+    # the README's wait for either end returns at once on a failure
+    run = kube.kubectl_run("-n", ns, "wait", "--for=condition=Finished", "w2sg/failing", "--timeout=10s")
+    assert run.returncode == 0, run.stderr
     events = kube.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=failing",
                           "-o", "jsonpath={.items[*].reason}").split()
     assert {"StageAttemptFailed", "StageRetried", "StageFailed", "ExperimentFailed"} <= set(events), events

@@ -198,6 +198,7 @@ def test_a_whole_experiment_runs_in_dependency_order_and_succeeds():
     assert w.body["status"]["phase"] == "Succeeded"
     conds = {c["type"]: c for c in w.body["status"]["conditions"]}
     assert conds["Succeeded"]["status"] == "True" and conds["Progressing"]["reason"] == "Completed"
+    assert (conds["Finished"]["status"], conds["Finished"]["reason"]) == ("True", "Succeeded")
     assert w.events[-1].reason == "ExperimentSucceeded"
     assert w.last.requeue_after is None
 
@@ -240,8 +241,12 @@ def test_a_failed_job_is_retried_after_backoff_then_the_experiment_fails_and_sto
     d = w.step()
     assert w.stage("sft-weak")["state"] == "Failed"
     assert d.status["phase"] == "Failed"
-    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    conds = {c["type"]: c for c in d.status["conditions"]}
+    failed = conds["Failed"]
     assert failed["status"] == "True" and "sft-weak" in failed["message"] and "BackoffLimitExceeded" in failed["message"]
+    # a failure is not "in progress", and `kubectl wait --for=condition=Finished` sees either end
+    assert (conds["Succeeded"]["status"], conds["Succeeded"]["reason"]) == ("False", "StageFailed")
+    assert (conds["Finished"]["status"], conds["Finished"]["reason"]) == ("True", "Failed")
     assert {"StageFailed", "ExperimentFailed"} <= {e.reason for e in d.events}
     # nothing later starts, now or on later reconciles
     assert not d.create and not w.step().create

@@ -440,9 +440,13 @@ def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stage
     conditions = [
         _condition(conds, "SpecValid", True, "Valid", "", gen, now),
         _condition(conds, "Progressing", *progressing, gen, now),
-        _condition(conds, "Succeeded", done, "AllStagesDone" if done else "InProgress", "", gen, now),
+        _condition(conds, "Succeeded", done, "AllStagesDone" if done else "StageFailed" if failed else "InProgress",
+                   "", gen, now),
         _condition(conds, "Failed", bool(failed), "StageFailed" if failed else "NoFailure",
                    f"stage {failed[0]}: {entries[failed[0]].get('message', '')}" if failed else "", gen, now),
+        # either end, for `kubectl wait --for=condition=Finished` (kubectl cannot wait for one of two)
+        _condition(conds, "Finished", bool(failed) or done, "Failed" if failed else "Succeeded" if done else
+                   "InProgress", "", gen, now),
         _condition(conds, "StoreReachable", reachable, "Reachable" if reachable else "Unreachable",
                    "" if reachable else f"{spec.artifacts} cannot be read; Jobs are made anyway", gen, now),
     ]
