@@ -553,3 +553,56 @@ def test_a_failed_job_is_counted_once_however_often_its_event_is_told():
     asyncio.run(passes())
     assert counter._value.get() - before == 2  # two Jobs failed; their Events were told four times
     assert kube.posted.count("StageFailed") == 2  # the Events themselves still go out as told
+
+
+def failed_world(ttl_gone: bool) -> World:
+    """An experiment whose sft-weak failed both attempts (retries 1); its Jobs gone when ``ttl_gone``."""
+    w = World()
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step()
+    for attempt in (1, 2):
+        w.finish("sft-weak", ok=False)
+        w.step()
+        w.now += dt.timedelta(seconds=30 * attempt)
+        w.step()
+    assert w.stage("sft-weak")["state"] == "Failed" and w.body["status"]["phase"] == "Failed"
+    if ttl_gone:
+        w.jobs = {n: j for n, j in w.jobs.items() if j["metadata"]["labels"][LABEL_STAGE] != "sft-weak"}
+        w.step()
+        assert w.stage("sft-weak")["state"] == "Failed"  # a verdict without its Jobs still stands
+    return w
+
+
+@pytest.mark.parametrize("ttl_gone", [False, True])
+def test_a_retry_annotation_retries_only_the_failed_stages_whatever_jobs_remain(ttl_gone):
+    w = failed_world(ttl_gone)
+    w.body["metadata"]["annotations"] = {"tratree.io/retry": "1700000000"}
+    d = w.step()
+    job = w.running("sft-weak")
+    assert job["metadata"]["labels"][LABEL_ATTEMPT] == "3"  # on from where it stopped: no attempt replayed
+    assert "StageRetriedByUser" in [e.reason for e in d.events] and d.status["retried"] == "1700000000"
+    assert d.status["phase"] == "Running" and w.stage("expert")["state"] == "Cached"
+    # it gets its retries again: one failure retries, the next fails
+    w.finish("sft-weak", ok=False)
+    w.step()
+    assert w.stage("sft-weak")["state"] == "Pending" and "attempt 3 of 4" in w.stage("sft-weak")["message"]
+    # the same annotation again is not a new retry
+    w.now += dt.timedelta(seconds=60)
+    w.step()
+    w.finish("sft-weak", ok=False)
+    w.step()
+    assert w.stage("sft-weak")["state"] == "Failed" and not w.step().create
+    # a finished stage runs on to the end once retried again
+    w.body["metadata"]["annotations"] = {"tratree.io/retry": "1700000100"}
+    w.step()
+    w.run_all()
+    assert w.body["status"]["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("ttl_gone", [False, True])
+def test_raising_retries_retries_a_failed_stage_even_when_its_jobs_are_gone(ttl_gone):
+    w = failed_world(ttl_gone)
+    w.body["spec"] = spec(kubernetes={"stages": {"sft": {"retries": 2}}})
+    w.now += dt.timedelta(seconds=300)
+    w.step()
+    assert w.running("sft-weak")["metadata"]["labels"][LABEL_ATTEMPT] == "3"

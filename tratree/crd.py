@@ -25,6 +25,7 @@ STAGE_STATUS = {
         "startTime": {"type": "string", "format": "date-time"},
         "finishTime": {"type": "string", "format": "date-time"},
         "attempts": {"type": "integer"},
+        "retryBase": {"type": "integer"},
         "message": {"type": "string"},
     },
 }
@@ -55,6 +56,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         "results": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         "w2sgReward": {"type": "string"},
         "sftStrongReward": {"type": "string"},
+        "retried": {"type": "string"},
     },
 }
 

@@ -173,12 +173,34 @@ def _invalid(observed: Observed, old: dict[str, Any], message: str) -> Decision:
     return Decision(status, events=events)
 
 
+RETRY_ANNOTATION = "tratree.io/retry"
+
+
 def _stage_entry(prev: dict[str, Any], key: str) -> dict[str, Any]:
     entry = {"state": "Pending", "key": key, "attempts": 0}
     if prev.get("key") == key:
         entry.update({k: v for k, v in prev.items() if k in ("state", "job", "startTime", "finishTime", "attempts",
-                                                               "message")})
+                                                               "message", "retryBase")})
     return entry
+
+
+def _retry_failed(entries: dict[str, dict[str, Any]], token: str) -> list[Event]:
+    """A user's retry (a new ``tratree.io/retry`` annotation): every Failed stage gets its retries
+    again, its attempts counting on from where they stopped; what follows it runs after it."""
+    events = []
+    for name, entry in entries.items():
+        if entry["state"] == "Failed":
+            entry.update(state="Pending", retryBase=entry["attempts"],
+                         message=f"retried ({RETRY_ANNOTATION}={token}) after: {entry.get('message', '')}")
+            entry.pop("finishTime", None)
+            events.append(Event("Normal", "StageRetriedByUser", f"stage {name}: retried ({RETRY_ANNOTATION}={token})",
+                                name))
+    return events
+
+
+def _attempts_left(entry: dict[str, Any], attempt: int, retries: int) -> bool:
+    """Whether ``attempt`` (the one that just failed) leaves a retry since the last user retry."""
+    return attempt - entry.get("retryBase", 0) <= retries
 
 
 def _results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
@@ -272,6 +294,12 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         if stage_name not in by_name:
             decision.delete += [j.name for j in views if j.outcome == "Running" and not j.deleting]
 
+    token = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+    if token and token != old.get("retried"):
+        decision.events += _retry_failed(entries, token)
+        for name, entry in entries.items():
+            if entry.get("retryBase") == entry["attempts"] and entry["state"] == "Pending" and name not in wants:
+                wants[name] = _Want(entry["attempts"] + 1, "StageRetried")
     failed = [n for n, e in entries.items() if e["state"] == "Failed"]
     blocked = bool(failed) or spec.suspend
     created = False
@@ -306,7 +334,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         decision.create.insert(0, configmap_manifest(meta, spec))
     decision.events += _transitions(old_stages, entries, started)
 
-    decision.status = _status(observed, old, spec, stages, entries, failed, now, gen)
+    decision.status = _status(observed, old, spec, stages, entries, failed, now, gen, token or old.get("retried"))
     for ev in _phase_events(old, decision.status, observed):
         decision.events.append(ev)
     if waits:
@@ -364,6 +392,11 @@ def _settle(entry: dict[str, Any], job: JobView | None, manifest: dict[str, Any]
         entry["finishTime"] = entry.get("finishTime") or timestamp(now)
         return None
     if state == "Failed":
+        # its Job is gone (or collected by its TTL): raising `retries` still gives it another attempt
+        retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
+        if _attempts_left(entry, entry["attempts"], retries):
+            entry.update(state="Pending", message=f"{entry.get('message', '')}; retrying")
+            return _Want(entry["attempts"] + 1, "StageRetried")
         return None
     if state == "Running" and entry.get("job"):
         # Its Job is gone and the store has no output: someone deleted it, or it failed and
@@ -371,8 +404,9 @@ def _settle(entry: dict[str, Any], job: JobView | None, manifest: dict[str, Any]
         # attempt counts as failed: a short TTL can never replay an attempt for ever.
         attempt = max(1, entry["attempts"])
         retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
-        message = f"attempt {attempt} of {retries + 1}: its Job {entry['job']} vanished before it finished"
-        if attempt > retries:
+        message = (f"attempt {attempt} of {entry.get('retryBase', 0) + retries + 1}: its Job {entry['job']} "
+                   "vanished before it finished")
+        if not _attempts_left(entry, attempt, retries):
             entry.update(state="Failed", message=message, finishTime=timestamp(now))
             return None
         entry.update(state="Pending", message=f"{message}; retrying")
@@ -399,8 +433,9 @@ def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: Experimen
         entry.pop("message", None)
         return None
     retries = config.resources_for(stage.kind, spec.kubernetes.stages.get(stage.kind)).retries
-    message = f"attempt {job.attempt} of {retries + 1}: {job.message}" + (f"; {job.exit}" if job.exit else "")
-    if job.attempt > retries:
+    message = (f"attempt {job.attempt} of {entry.get('retryBase', 0) + retries + 1}: {job.message}"
+               + (f"; {job.exit}" if job.exit else ""))
+    if not _attempts_left(entry, job.attempt, retries):
         entry["state"] = "Failed"
         entry["message"] = message
         return None
@@ -411,7 +446,8 @@ def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: Experimen
 
 
 def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stages: list[Stage],
-            entries: dict[str, dict[str, Any]], failed: list[str], now: str, gen: int | None) -> dict[str, Any]:
+            entries: dict[str, dict[str, Any]], failed: list[str], now: str, gen: int | None,
+            retried: str | None = None) -> dict[str, Any]:
     running = [n for n, e in entries.items() if e["state"] == "Running"]
     retrying = [n for n, e in entries.items() if e["state"] == "Pending" and e.get("message")]
     done = all(e["state"] in DONE for e in entries.values())
@@ -456,6 +492,8 @@ def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stage
         "stages": entries,
         "conditions": conditions,
     }
+    if retried:
+        status["retried"] = retried
     current = running or retrying or failed
     if current:
         status["currentStage"] = ",".join(current)
