@@ -42,7 +42,9 @@ class Operator:
         self.config = folder / "operator.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.log_path = folder / "operator.log"
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config),
+        # no AWS credentials of its own: an experiment's store is read with the experiment's Secret
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+               "KUBECONFIG": str(kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config),
                "PYTHONPATH": os.pathsep.join([str(root), str(root / "operator")])}
         self.env = env
         self.command = [sys.executable, "-m", "tratree_operator", "--liveness", "", "--metrics-port", "0", *args]
@@ -79,23 +81,14 @@ def install(kube) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def operator(kube, tmp_path_factory, s3_server):
+def operator(kube, tmp_path_factory):
     config = install(kube)
     folder = tmp_path_factory.mktemp("operator")
     kubeconfig = kube.service_account_kubeconfig(OPERATOR_NS, "tratree")
-    aws = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in aws}
-    os.environ.update(aws)  # the operator reads stage manifests in S3 with the store's credentials
     # verbose: kopf says at DEBUG when a watch restarts after 410 Gone
     op = Operator(kube, folder, kubeconfig, {**config, **FAST}, ("--peering=tratree", "--verbose"))
     yield op
     op.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def namespace(kube, name: str) -> str:
@@ -495,6 +488,19 @@ def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_j
     assert "InvalidSpec" in kube.kubectl("-n", ns, "describe", "w2sg", "bad")
     assert jobs_made(kube, ns, "bad") == [] and kube.list("jobs", ns) == []
     kube.kubectl("-n", ns, "delete", "w2sg", "bad")
+
+
+def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, operator, s3_env):
+    """The operator has no store credentials of its own (the README path above got Cached stages and
+    results through the experiment's Secret): without an s3Secret its store is not read, and says so."""
+    ns = namespace(kube, "nosecret")
+    bare = experiment("bare", s3_env, suspend=True)
+    del bare["spec"]["kubernetes"]["s3Secret"]
+    kube.apply(bare, "-n", ns)
+    cond = kube.wait_for(lambda: next((c for c in status(kube, "bare", ns).get("conditions", [])
+                                       if c["type"] == "StoreReachable"), None), 60, "the StoreReachable condition")
+    assert cond["status"] == "False" and "no spec.kubernetes.s3Secret" in cond["message"], cond
+    kube.kubectl("-n", ns, "delete", "w2sg", "bare")
 
 
 def test_suspend_holds_new_jobs_and_resuming_continues(kube, operator, s3_env):

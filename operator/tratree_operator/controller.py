@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -30,41 +31,59 @@ log = logging.getLogger("tratree_operator")
 Key = tuple[str, str]  # namespace, name
 
 
+# the variables of an experiment's S3 Secret that say where its store is and who reads it
+S3_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
 class StoreReader:
     """The store's view for the reconciler: done stages' manifests and the report's results.
 
-    Manifests are content-addressed and never change once written, so found ones are kept;
+    An s3:// store is read with the credentials of the experiment's own ``spec.kubernetes.s3Secret``
+    (what its Jobs use), never the operator's: a team sees only stores its Secret opens. Manifests
+    are content-addressed and never change once written, so found ones are kept, per credentials;
     S3 calls get short timeouts, so an unreachable store costs seconds, not minutes.
     """
 
     def __init__(self) -> None:
-        self._manifests: dict[str, dict[str, Any]] = {}
-        self._results: dict[str, dict[str, Any]] = {}
-        self._s3: Any = None
+        self._manifests: dict[tuple[str, str], dict[str, Any]] = {}
+        self._results: dict[tuple[str, str], dict[str, Any]] = {}
+        self._clients: dict[str, Any] = {}
 
-    def _store(self, uri: str) -> Store:
-        if uri.startswith("s3://"):
-            if self._s3 is None:
-                import boto3
-                from botocore.config import Config
+    def _store(self, uri: str, credentials: dict[str, str]) -> tuple[Store, str]:
+        """The store and the identity its reads are cached under."""
+        if not uri.startswith("s3://"):
+            return open_store(uri), ""
+        creds = {k: credentials[k] for k in S3_VARIABLES if credentials.get(k)}
+        who = hashlib.sha256(json.dumps(creds, sort_keys=True).encode()).hexdigest()
+        if who not in self._clients:
+            import boto3
+            from botocore.config import Config
 
-                self._s3 = boto3.client("s3", config=Config(connect_timeout=3, read_timeout=10,
-                                                            retries={"max_attempts": 2}))
-            return S3Store(uri, client=self._s3)
-        return open_store(uri)
+            self._clients[who] = boto3.client(
+                "s3", aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"), aws_session_token=creds.get("AWS_SESSION_TOKEN"),
+                endpoint_url=creds.get("AWS_ENDPOINT_URL_S3") or creds.get("AWS_ENDPOINT_URL"),
+                region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION") or "us-east-1",
+                config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}))
+        return S3Store(uri, client=self._clients[who]), who
 
-    def read(self, body: dict[str, Any]) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None]:
-        """(manifests by stage, results) of the experiment; (None, None) when the store cannot be read."""
+    def read(self, body: dict[str, Any], credentials: dict[str, str] | None
+             ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None, str | None]:
+        """(manifests by stage, results, None) of the experiment; (None, None, why) when the store is
+        not read. ``credentials``: the experiment's S3 Secret's data (None: it has none)."""
         try:
             exp = experiment_of(body)
         except SpecError:
-            return {}, None
+            return {}, None, None
         uri = exp.spec.artifacts
+        if uri.startswith("s3://") and credentials is None:
+            return None, None, "no spec.kubernetes.s3Secret to read it with (the operator never uses its own)"
         try:
-            store = self._store(uri)
+            store, who = self._store(uri, credentials or {})
 
             def cached(prefix: str) -> dict[str, Any] | None:
-                url = store.url(prefix)
+                url = (who, store.url(prefix))
                 if url not in self._manifests:
                     manifest = store.read_manifest(prefix)
                     if manifest is None:
@@ -76,15 +95,15 @@ class StoreReader:
             results = None
             report = manifests.get("report")
             if report is not None:
-                url = store.url(f"{report['prefix']}/results.json")
+                url = (who, store.url(f"{report['prefix']}/results.json"))
                 if url not in self._results:
                     data = store.read_verified(report["prefix"], report, "results.json")
                     self._results[url] = json.loads(data)
                 results = self._results.get(url)
-            return manifests, results
+            return manifests, results, None
         except (StoreError, ValueError) as err:
             log.warning("store %s cannot be read: %s", uri, err)
-            return None, None
+            return None, None, str(err)
 
 
 @dataclass
@@ -179,10 +198,18 @@ class Controller:
             return None
         jobs = await self.kube.list_jobs(namespace, name)
         pods = await self.kube.list_pods(namespace, name)
-        manifests, results = await asyncio.to_thread(self.store.read, body)
-        decision = reconcile(Observed(body, jobs, pods, manifests, results), self.config)
+        credentials = await self._store_credentials(body)
+        manifests, results, problem = await asyncio.to_thread(self.store.read, body, credentials)
+        decision = reconcile(Observed(body, jobs, pods, manifests, results, store_problem=problem), self.config)
         await self.apply(body, decision)
         return decision.requeue_after
+
+    async def _store_credentials(self, body: dict[str, Any]) -> dict[str, str] | None:
+        """The data of the experiment's S3 Secret (in its own namespace); None without one."""
+        name = ((body.get("spec") or {}).get("kubernetes") or {}).get("s3Secret")
+        if not name:
+            return None
+        return await self.kube.read_secret(body["metadata"]["namespace"], name)
 
     async def apply(self, body: dict[str, Any], decision: Decision) -> None:
         meta = body["metadata"]

@@ -97,6 +97,18 @@ class Kube:
                 return None
             raise
 
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data; None when it does not exist."""
+        import base64
+
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.get("data") or {}).items()}
+
     async def list_jobs(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
         resp = await self._call(self.batch.list_namespaced_job, namespace,
                                 label_selector=f"{LABEL_EXPERIMENT}={experiment}")

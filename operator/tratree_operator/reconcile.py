@@ -43,6 +43,7 @@ class Observed:
     manifests: dict[str, dict[str, Any]] | None = field(default_factory=dict)  # None: store unreachable
     results: dict[str, Any] | None = None  # the report stage's results.json
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    store_problem: str | None = None  # why the store was not read, when it was not
 
 
 @dataclass(frozen=True)
@@ -484,7 +485,8 @@ def _status(observed: Observed, old: dict[str, Any], spec: ExperimentSpec, stage
         _condition(conds, "Finished", bool(failed) or done, "Failed" if failed else "Succeeded" if done else
                    "InProgress", "", gen, now),
         _condition(conds, "StoreReachable", reachable, "Reachable" if reachable else "Unreachable",
-                   "" if reachable else f"{spec.artifacts} cannot be read; Jobs are made anyway", gen, now),
+                   "" if reachable else f"{spec.artifacts} cannot be read"
+                   f"{': ' + observed.store_problem if observed.store_problem else ''}; Jobs are made anyway", gen, now),
     ]
     status: dict[str, Any] = {
         "phase": phase,

@@ -66,6 +66,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# an experiment's store is read with the credentials of its own spec.kubernetes.s3Secret, from
+# its own namespace, never with the operator's: get only, by name
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf makes in any mode: it watches CRDs to learn of resources appearing and
