@@ -268,7 +268,8 @@ def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
 
 def test_job_settings_behave_as_set_on_the_real_job_controller(kube, operator, s3_env):
     """ttlSecondsAfterFinished: 0 (Jobs gone the moment they finish) never makes the operator loop;
-    backoffLimit gives Pod retries inside one Job; activeDeadlineSeconds ends a Job."""
+    a stage that exits 2 (bad input) fails its Job at once whatever its backoffLimit (podFailurePolicy);
+    activeDeadlineSeconds ends a Job."""
     ns = namespace(kube, "jobs")
     s3_secret(kube, ns)
     quick = experiment("quick", s3_env)
@@ -289,14 +290,33 @@ def test_job_settings_behave_as_set_on_the_real_job_controller(kube, operator, s
     assert len(made) == len(st["stages"]), [e["objectRef"]["name"] for e in made]  # one Job per stage, no loop
 
     st = wait_phase(kube, "retried", ns, "Failed", operator, 180)
-    assert "exit code 2" in st["stages"]["expert"]["message"]
+    assert "exit code 2" in st["stages"]["expert"]["message"] and "PodFailurePolicy" in st["stages"]["expert"]["message"]
     pods = kube.list("pods", ns, "tratree.io/experiment=retried,tratree.io/stage=expert")
-    assert len(pods) == 2  # backoffLimit 1: the Job controller ran the Pod twice, one Job
+    assert len(pods) == 1  # backoffLimit 1, but bad input: the Job controller did not run it again
     assert len(kube.list("jobs", ns, "tratree.io/experiment=retried")) == 1
 
     st = wait_phase(kube, "late", ns, "Failed", operator, 180)
     assert "DeadlineExceeded" in st["stages"]["expert"]["message"], st["stages"]["expert"]
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
+def test_a_preempted_pod_is_replaced_without_using_a_retry(kube, operator, s3_env):
+    """A GPU node's Pod preempted (DisruptionTarget) is replaced by the Job controller inside the same
+    Job, without counting against backoffLimit or the stage's retries."""
+    ns = namespace(kube, "preempted")
+    s3_secret(kube, ns)
+    spot = experiment("spot", s3_env)
+    spot["spec"]["kubernetes"]["stages"] = {"sft": {"backoffLimit": 0, "retries": 0}}
+    kube.node.disrupt["sft-weak"] = 1
+    try:
+        kube.apply(spot, "-n", ns)
+        st = wait_phase(kube, "spot", ns, "Succeeded", operator, 300)
+    finally:
+        kube.node.disrupt.pop("sft-weak", None)
+    assert st["stages"]["sft-weak"]["attempts"] == 1 and jobs_made(kube, ns, "spot").count("sft-weak") == 1
+    pods = kube.list("pods", ns, "tratree.io/experiment=spot,tratree.io/stage=sft-weak")
+    assert sorted(p["status"]["phase"] for p in pods) == ["Failed", "Succeeded"]  # preempted, then ran
+    kube.kubectl("-n", ns, "delete", "w2sg", "spot")
 
 
 def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothing(kube, operator, s3_env):

@@ -150,6 +150,11 @@ def test_job_settings_come_from_the_spec_over_the_operator_defaults():
     assert pod["restartPolicy"] == "Never"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert job["spec"]["backoffLimit"] == 2
+    # preemption and eviction are not failures; bad input (exit 2) is final for the Job
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [2]
+    assert rules[1]["onExitCodes"]["containerName"] == pod["containers"][0]["name"]
     assert job["spec"]["activeDeadlineSeconds"] == 3600
     assert job["spec"]["ttlSecondsAfterFinished"] == 600
 

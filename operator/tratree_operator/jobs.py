@@ -27,6 +27,16 @@ SPEC_DIR = "/spec"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tratree-operator"}
 
 
+# Pods lost to preemption, eviction or a node drain (DisruptionTarget) are replaced without counting
+# against backoffLimit; a stage that exits 2 (bad input, an ordinary fault: tratree's one-line
+# errors) fails its Job at once, since running the same Pod again cannot help.
+EXIT_BAD_INPUT = 2
+POD_FAILURE_POLICY: dict[str, Any] = {"rules": [
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [EXIT_BAD_INPUT]}},
+]}
+
+
 def _name(*parts: str, limit: int = 63) -> str:
     """A DNS-1123 name from parts, shortened with a digest when it would be too long."""
     full = "-".join(parts)
@@ -156,6 +166,7 @@ def job_manifest(
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
     job_spec: dict[str, Any] = {
         "backoffLimit": res.backoff_limit,
+        "podFailurePolicy": POD_FAILURE_POLICY,
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
     if res.active_deadline_seconds:

@@ -84,6 +84,8 @@ class NodeAgent:
     # stages whose Pods are not started yet (like an image still being pulled): tests hold a stage
     # to act while it is in flight, then discard it from the set
     held: set[str] = field(default_factory=set)
+    # stage -> how many of its Pods to fail as a preemption would (DisruptionTarget), before running one
+    disrupt: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)  # Pod name -> output, once finished
     _running: dict[str, _Running] = field(default_factory=dict)
     _finished: set[str] = field(default_factory=set)
@@ -182,7 +184,13 @@ class NodeAgent:
             return
         if key in self._running or key in self._finished or pod.status.phase in ("Succeeded", "Failed"):
             return
-        if (pod.metadata.labels or {}).get("tratree.io/stage") in self.held:
+        stage = (pod.metadata.labels or {}).get("tratree.io/stage")
+        if stage in self.held:
+            return
+        if self.disrupt.get(stage):
+            self.disrupt[stage] -= 1
+            self._finished.add(key)
+            self._preempted(pod)
             return
         container = pod.spec.containers[0]
         if "unpullable" in (container.image or ""):
@@ -202,6 +210,17 @@ class NodeAgent:
             self._start(pod, key)
         except ConfigError as err:
             self._waiting(pod, "CreateContainerConfigError", str(err))
+
+    def _preempted(self, pod: Any) -> None:
+        """Fail the Pod as the scheduler's preemption does: DisruptionTarget, then killed."""
+        now = _now()
+        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
+            "phase": "Failed", "startTime": now,
+            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                            "message": "a higher-priority Pod needed this node's GPUs", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": c.name, "image": c.image, "imageID": "", "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now,
+                                                            "finishedAt": now}}} for c in pod.spec.containers]}})
 
     def _waiting(self, pod: Any, reason: str, message: str) -> None:
         status = {"phase": "Pending", "conditions": [
