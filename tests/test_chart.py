@@ -97,6 +97,12 @@ def test_values_reach_the_deployment_and_the_operator_config():
     config = OperatorConfig.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]))
     assert (config.queue_name, config.priority_class_name, config.hf_token_secret) == ("gpu", "research", "hf")
 
+    docs = render({"policy": {"imagePrefixes": ["registry.lab/"], "secrets": ["tratree-s3"], "tolerations": False},
+                   "namespacePolicies": {"admins": {}}})
+    config = OperatorConfig.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]))
+    assert config.policy.image_prefixes == ["registry.lab/"] and not config.policy.tolerations
+    assert config.policy_for("admins").image_prefixes == [] and config.policy_for("team-a") == config.policy
+
     docs = render(VALUE_SETS["metrics-on"])
     monitor = by_kind(docs, "ServiceMonitor")[0]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["metadata"]["labels"]["release"] == "prom"

@@ -512,14 +512,15 @@ def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_j
 
 def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, operator, s3_env):
     """The operator has no store credentials of its own (the README path above got Cached stages and
-    results through the experiment's Secret): without an s3Secret its store is not read, and says so."""
+    results through the experiment's Secret): without the Secret its Jobs use (the chart's default
+    name here), its store is not read, and the condition says so."""
     ns = namespace(kube, "nosecret")
     bare = experiment("bare", s3_env, suspend=True)
     del bare["spec"]["kubernetes"]["s3Secret"]
     kube.apply(bare, "-n", ns)
     cond = kube.wait_for(lambda: next((c for c in status(kube, "bare", ns).get("conditions", [])
                                        if c["type"] == "StoreReachable"), None), 60, "the StoreReachable condition")
-    assert cond["status"] == "False" and "no spec.kubernetes.s3Secret" in cond["message"], cond
+    assert cond["status"] == "False" and "its Secret nosecret/tratree-s3 does not exist" in cond["message"], cond
     kube.kubectl("-n", ns, "delete", "w2sg", "bare")
 
 

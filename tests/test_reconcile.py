@@ -611,3 +611,30 @@ def test_raising_retries_retries_a_failed_stage_even_when_its_jobs_are_gone(ttl_
     w.now += dt.timedelta(seconds=300)
     w.step()
     assert w.running("sft-weak")["metadata"]["labels"][LABEL_ATTEMPT] == "3"
+
+
+def test_a_spec_outside_the_admin_policy_is_refused_with_a_condition_and_no_job():
+    policy = {"imagePrefixes": ["registry.lab/"], "serviceAccounts": ["trainer"], "secrets": ["team-s3"],
+              "tolerations": False}
+    config = OperatorConfig(retryBackoffSeconds=10, policy=policy, namespacePolicies={"admins": {}})
+    chosen = {"serviceAccount": "cluster-admin", "s3Secret": "other-teams-s3",
+              "tolerations": [{"key": "gpu", "operator": "Exists"}],
+              "stages": {"sft": {"image": "docker.io/anyone/miner:1"}, "dpo": {"image": "registry.lab/trainer:2"}}}
+    w = World(spec(kubernetes=chosen))
+    d = w.step(config)
+    assert not d.create and d.status["phase"] == "Failed"
+    cond = next(c for c in d.status["conditions"] if c["type"] == "SpecValid")
+    assert cond["status"] == "False" and cond["reason"] == "PolicyViolation"
+    for part in ("spec.kubernetes.serviceAccount: 'cluster-admin' is not allowed here (allowed: trainer)",
+                 "spec.kubernetes.s3Secret: 'other-teams-s3'", "spec.kubernetes.stages.sft.image",
+                 "spec.kubernetes.tolerations"):
+        assert part in cond["message"], part
+    assert "stages.dpo.image" not in cond["message"]  # under an allowed prefix
+    assert [e.reason for e in d.events] == ["PolicyViolation"]
+    # what the policy allows runs; a namespace with its own (open) policy allows the rest
+    w = World(spec(kubernetes={"serviceAccount": "trainer", "s3Secret": "team-s3",
+                               "stages": {"sft": {"image": "registry.lab/trainer:2"}}}))
+    assert [o["kind"] for o in w.step(config).create] == ["ConfigMap", "Job"]
+    w = World(spec(kubernetes=chosen))
+    w.body["metadata"]["namespace"] = "admins"
+    assert w.step(config).create

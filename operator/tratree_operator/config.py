@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from tratree.spec import StageKind, StageResources, Toleration
+from tratree.spec import ExperimentSpec, StageKind, StageResources, Toleration
 
 # Which image runs which kind of stage: tree work and reports need no GPU stack.
 IMAGE_OF_KIND: dict[StageKind, str] = {
@@ -49,6 +49,18 @@ def _default_resources() -> dict[StageKind, StageResources]:
     return {"expert": cpu, "trees": cpu, "report": cpu, "sft": gpu, "dpo": gpu, "explore": gpu, "evaluate": gpu}
 
 
+class Policy(Settings):
+    """What an experiment may choose for its Pods in ``spec.kubernetes``. An empty list allows any
+    value; the operator's own defaults (this file) are always allowed."""
+
+    image_prefixes: list[str] = Field(default_factory=list, description="Allowed stage image prefixes.")
+    service_accounts: list[str] = Field(default_factory=list)
+    priority_classes: list[str] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list, description="Secrets an experiment may name (s3Secret, hfTokenSecret).")
+    node_selectors: bool = Field(True, description="Whether an experiment may set its own node selector.")
+    tolerations: bool = Field(True, description="Whether an experiment may add tolerations.")
+
+
 class OperatorConfig(Settings):
     """Defaults for every experiment the operator runs."""
 
@@ -69,6 +81,33 @@ class OperatorConfig(Settings):
         600.0, gt=0, description="A stage Pod that cannot start (image pull, missing Secret, unschedulable) this long "
         "fails its attempt.")
     run_as_user: int = 1000
+    policy: Policy = Field(default_factory=Policy, description="What experiments may choose (see Policy).")
+    namespace_policies: dict[str, Policy] = Field(
+        default_factory=dict, description="A namespace's own policy, in place of `policy` there.")
+
+    def policy_for(self, namespace: str) -> Policy:
+        return self.namespace_policies.get(namespace, self.policy)
+
+    def violations(self, spec: ExperimentSpec, namespace: str) -> list[str]:
+        """What the experiment's ``spec.kubernetes`` chooses that the namespace's policy does not allow."""
+        policy, k8s = self.policy_for(namespace), spec.kubernetes
+        out = []
+
+        def check(field: str, value: str | None, allowed: list[str], default: str | None, match=str.__eq__) -> None:
+            if value and allowed and value != default and not any(match(value, a) for a in allowed):
+                out.append(f"spec.kubernetes.{field}: {value!r} is not allowed here (allowed: {', '.join(allowed)})")
+
+        check("serviceAccount", k8s.service_account, policy.service_accounts, self.service_account)
+        check("priorityClassName", k8s.priority_class_name, policy.priority_classes, self.priority_class_name)
+        check("s3Secret", k8s.s3_secret, policy.secrets, self.s3_secret)
+        check("hfTokenSecret", k8s.hf_token_secret, policy.secrets, self.hf_token_secret)
+        for kind, res in sorted(k8s.stages.items()):
+            check(f"stages.{kind}.image", res.image, policy.image_prefixes, None, str.startswith)
+        if k8s.node_selector and not policy.node_selectors:
+            out.append("spec.kubernetes.nodeSelector: experiments may not choose their nodes here")
+        if k8s.tolerations and not policy.tolerations:
+            out.append("spec.kubernetes.tolerations: experiments may not add tolerations here")
+        return out
 
     def resources_for(self, kind: StageKind, override: StageResources | None) -> StageResources:
         """The stage kind's resources: the spec's fields where set, the operator's otherwise."""

@@ -68,17 +68,17 @@ class StoreReader:
                 config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}))
         return S3Store(uri, client=self._clients[who]), who
 
-    def read(self, body: dict[str, Any], credentials: dict[str, str] | None
+    def read(self, body: dict[str, Any], credentials: dict[str, str] | None, missing: str | None = None
              ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None, str | None]:
         """(manifests by stage, results, None) of the experiment; (None, None, why) when the store is
-        not read. ``credentials``: the experiment's S3 Secret's data (None: it has none)."""
+        not read. ``credentials``: the data of the experiment's S3 Secret (None: ``missing`` says why)."""
         try:
             exp = experiment_of(body)
         except SpecError:
             return {}, None, None
         uri = exp.spec.artifacts
         if uri.startswith("s3://") and credentials is None:
-            return None, None, "no spec.kubernetes.s3Secret to read it with (the operator never uses its own)"
+            return None, None, missing or "no S3 Secret to read it with"
         try:
             store, who = self._store(uri, credentials or {})
 
@@ -198,18 +198,23 @@ class Controller:
             return None
         jobs = await self.kube.list_jobs(namespace, name)
         pods = await self.kube.list_pods(namespace, name)
-        credentials = await self._store_credentials(body)
-        manifests, results, problem = await asyncio.to_thread(self.store.read, body, credentials)
+        credentials, missing = await self._store_credentials(body)
+        manifests, results, problem = await asyncio.to_thread(self.store.read, body, credentials, missing)
         decision = reconcile(Observed(body, jobs, pods, manifests, results, store_problem=problem), self.config)
         await self.apply(body, decision)
         return decision.requeue_after
 
-    async def _store_credentials(self, body: dict[str, Any]) -> dict[str, str] | None:
-        """The data of the experiment's S3 Secret (in its own namespace); None without one."""
-        name = ((body.get("spec") or {}).get("kubernetes") or {}).get("s3Secret")
+    async def _store_credentials(self, body: dict[str, Any]) -> tuple[dict[str, str] | None, str | None]:
+        """The data of the S3 Secret the experiment's Jobs use (its ``spec.kubernetes.s3Secret``, else the
+        operator's default name), from the experiment's own namespace; else None and why."""
+        ns = body["metadata"]["namespace"]
+        name = ((body.get("spec") or {}).get("kubernetes") or {}).get("s3Secret") or self.config.s3_secret
         if not name:
-            return None
-        return await self.kube.read_secret(body["metadata"]["namespace"], name)
+            return None, "no S3 Secret to read it with (spec.kubernetes.s3Secret; the operator never uses its own)"
+        data = await self.kube.read_secret(ns, name)
+        if data is None:
+            return None, f"its Secret {ns}/{name} does not exist (the operator never uses its own credentials)"
+        return data, None
 
     async def apply(self, body: dict[str, Any], decision: Decision) -> None:
         meta = body["metadata"]

@@ -153,7 +153,7 @@ def _condition(old: list[dict[str, Any]], kind: str, ok: bool, reason: str, mess
             "observedGeneration": gen}
 
 
-def _invalid(observed: Observed, old: dict[str, Any], message: str) -> Decision:
+def _invalid(observed: Observed, old: dict[str, Any], message: str, reason: str = "InvalidSpec") -> Decision:
     gen = observed.body["metadata"].get("generation")
     now = timestamp(observed.now)
     conds = old.get("conditions") or []
@@ -162,15 +162,16 @@ def _invalid(observed: Observed, old: dict[str, Any], message: str) -> Decision:
         "phase": "Failed",
         "observedGeneration": gen,
         "conditions": [
-            _condition(conds, "SpecValid", False, "InvalidSpec", message, gen, now),
-            _condition(conds, "Progressing", False, "InvalidSpec", "no Job is made for an invalid spec", gen, now),
-            _condition(conds, "Succeeded", False, "InvalidSpec", "", gen, now),
-            _condition(conds, "Failed", True, "InvalidSpec", message, gen, now),
+            _condition(conds, "SpecValid", False, reason, message, gen, now),
+            _condition(conds, "Progressing", False, reason, "no Job is made for an invalid spec", gen, now),
+            _condition(conds, "Succeeded", False, reason, "", gen, now),
+            _condition(conds, "Failed", True, reason, message, gen, now),
+            _condition(conds, "Finished", True, "Failed", "", gen, now),
         ],
     }
     was_invalid = any(c.get("type") == "SpecValid" and c.get("status") == "False" and c.get("message") == message
                       for c in conds)
-    events = [] if was_invalid else [Event("Warning", "InvalidSpec", message)]
+    events = [] if was_invalid else [Event("Warning", reason, message)]
     return Decision(status, events=events)
 
 
@@ -255,6 +256,9 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         exp = experiment_of(body)
     except SpecError as err:
         return _invalid(observed, old, str(err))
+    refused = config.violations(exp.spec, meta.get("namespace", ""))
+    if refused:
+        return _invalid(observed, old, "; ".join(refused), "PolicyViolation")
     spec = exp.spec
     stages = plan(spec)
     keys = fingerprints(stages)
