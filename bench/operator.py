@@ -32,6 +32,8 @@ async def run(count: int) -> dict[str, float]:
     base = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         base["spec"]["artifacts"] = f"file://{tmp}/store"
+        base["spec"]["kubernetes"] = {"volumes": [{"name": "store", "hostPath": {"path": tmp}}],
+                                      "volumeMounts": [{"name": "store", "mountPath": tmp}]}
         async with cluster(Path(tmp), config={"resyncSeconds": 30}) as c, Kubelet(c.api, always("succeed"), poll=0.01):
             await asyncio.sleep(3)  # the operator is up and watching
             before = len(c.operator_requests())

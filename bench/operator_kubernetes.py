@@ -57,6 +57,8 @@ def run(count: int) -> dict[str, float]:
             m = copy.deepcopy(base)
             m["metadata"] = {"name": f"exp-{i:03d}", "namespace": "bench"}
             m["spec"]["artifacts"] = f"file://{tmp}/store"
+            m["spec"]["kubernetes"] = {"volumes": [{"name": "store", "hostPath": {"path": str(tmp)}}],
+                                       "volumeMounts": [{"name": "store", "mountPath": str(tmp)}]}
             docs.append(m)
         t0 = time.monotonic()
         kube.apply(docs)

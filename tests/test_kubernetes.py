@@ -524,6 +524,47 @@ def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, ope
     kube.kubectl("-n", ns, "delete", "w2sg", "bare")
 
 
+def test_a_file_store_runs_on_a_volume_every_stage_mounts_and_is_refused_without_one(kube, operator, tmp_path):
+    """Each stage runs in a fresh Pod: the quickstart's file://./artifacts is refused with what to do;
+    the same store on a ReadWriteMany claim (bound by the real PV controller) works, and the
+    CPU-only tokenizer stage asks for no GPU."""
+    ns = namespace(kube, "filestore")
+    local = experiment("local", "unused")
+    local["spec"]["artifacts"] = "file://./artifacts"
+    kube.apply(local, "-n", ns)
+    st = wait_phase(kube, "local", ns, "Failed", operator, 60)
+    cond = next(c for c in st["conditions"] if c["type"] == "SpecValid")
+    assert cond["reason"] == "StoreNotShared" and "a volume all of them mount" in cond["message"]
+    assert kube.list("jobs", ns) == []
+
+    disk = tmp_path / "nfs"
+    disk.mkdir()
+    disk.chmod(0o777)
+    kube.apply([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "lab-shared"},
+         "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                  "hostPath": {"path": str(disk)}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared", "namespace": ns},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                  "resources": {"requests": {"storage": "10Gi"}}}},
+    ])
+    kube.wait_for(lambda: (kube.get("pvc", "shared", ns) or {}).get("status", {}).get("phase") == "Bound", 60,
+                  "the PV controller to bind the claim")
+    shared = experiment("shared", "unused")
+    shared["spec"]["artifacts"] = "file:///lab/stores/shared"
+    shared["spec"]["kubernetes"] = {"volumes": [{"name": "lab", "persistentVolumeClaim": {"claimName": "shared"}}],
+                                    "volumeMounts": [{"name": "lab", "mountPath": "/lab"}]}
+    kube.apply(shared, "-n", ns)
+    st = wait_phase(kube, "shared", ns, "Succeeded", operator, 300)
+    done = {m.parent.parent.name for m in (disk / "stores" / "shared" / "stages").glob("*/*/manifest.json")}
+    assert done == set(st["stages"])  # every stage's Pod wrote to, and read from, the one volume
+    tokenizer = job_of(kube, ns, "shared", "tokenizer")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in tokenizer.get("requests", {}) and "nvidia.com/gpu" not in tokenizer.get("limits", {})
+    sft = job_of(kube, ns, "shared", "sft-weak")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert sft["limits"]["nvidia.com/gpu"] == "1"
+    kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
 def test_suspend_holds_new_jobs_and_resuming_continues(kube, operator, s3_env):
     """Also: a name with a dot (valid for the resource) gives valid Job and ConfigMap names."""
     ns = namespace(kube, "suspended")

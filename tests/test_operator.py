@@ -27,10 +27,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def shared_store(tmp: Path) -> dict[str, Any]:
+    """A file:// store on a volume every stage Pod mounts (a hostPath here), as a cluster needs it."""
+    return {"volumes": [{"name": "store", "hostPath": {"path": str(tmp)}}],
+            "volumeMounts": [{"name": "store", "mountPath": str(tmp)}]}
+
+
 def small(tmp: Path, name: str = "small", **spec: Any) -> dict[str, Any]:
     """A five-stage experiment: expert, tokenizer, sft-weak, its evaluation, the report."""
     body = {"weak": {"model": "tiny:weak"}, "strong": {"model": "tiny:strong"}, "methods": ["sft-weak"],
-            "artifacts": f"file://{tmp}/store", **spec}
+            "artifacts": f"file://{tmp}/store", "kubernetes": shared_store(tmp), **spec}
     return {"apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment", "metadata": {"name": name}, "spec": body}
 
 
@@ -47,6 +53,7 @@ def free_port() -> int:
 async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
     manifest = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
     manifest["spec"]["artifacts"] = f"file://{tmp_path}/store"
+    manifest["spec"]["kubernetes"] = shared_store(tmp_path)
     metrics, health = free_port(), free_port()
     async with cluster(tmp_path, operator_args=("--metrics-port", str(metrics), "--liveness",
                                                 f"http://127.0.0.1:{health}/healthz")) as c, \

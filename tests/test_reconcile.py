@@ -638,3 +638,50 @@ def test_a_spec_outside_the_admin_policy_is_refused_with_a_condition_and_no_job(
     w = World(spec(kubernetes=chosen))
     w.body["metadata"]["namespace"] = "admins"
     assert w.step(config).create
+
+
+@pytest.mark.parametrize(("kubernetes", "artifacts", "refused"), [
+    ({}, "file://./artifacts", "every stage runs in a fresh Pod"),
+    ({}, "file:///data/store", "every stage runs in a fresh Pod"),
+    ({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}],
+      "volumeMounts": [{"name": "d", "mountPath": "/data", "readOnly": True}]}, "file:///data/store", "read-only"),
+    ({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}],
+      "volumeMounts": [{"name": "d", "mountPath": "/data"}]}, "file:///data/store", None),
+    ({}, "s3://bucket/exp", None),
+])
+def test_a_file_store_must_be_on_a_volume_every_stage_mounts(kubernetes, artifacts, refused):
+    w = World(spec(artifacts=artifacts, kubernetes=kubernetes))
+    d = w.step()
+    cond = next(c for c in d.status["conditions"] if c["type"] == "SpecValid")
+    if refused:
+        assert cond["reason"] == "StoreNotShared" and refused in cond["message"] and not d.create
+    else:
+        assert cond["status"] == "True" and d.create
+        job = next(o for o in d.create if o["kind"] == "Job")["spec"]["template"]["spec"]
+        assert {"name": "d", "persistentVolumeClaim": {"claimName": "c", "readOnly": False}} in job["volumes"] \
+            or not kubernetes
+
+
+def test_cpu_only_stages_of_gpu_kinds_ask_for_no_gpu():
+    w = World(spec(methods=["sft-weak"]))
+    w.manifests = {"expert": manifest("expert")}
+    d = w.step()
+    tokenizer = next(o for o in d.create if o["kind"] == "Job")
+    assert tokenizer["metadata"]["labels"][LABEL_STAGE] == "tokenizer"
+    res = tokenizer["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in res["requests"] and res["requests"]["memory"] == "4Gi"
+
+
+def test_volume_mounts_must_name_volumes_and_keep_off_the_pods_own_paths():
+    from pydantic import ValidationError
+
+    from tratree.spec import KubernetesSpec
+
+    with pytest.raises(ValidationError, match="'x' is not one of volumes"):
+        KubernetesSpec.model_validate({"volumeMounts": [{"name": "x", "mountPath": "/data"}]})
+    for path in ("/work", "/work/x", "/dev/shm", "/", "/spec"):
+        with pytest.raises(ValidationError, match="overlaps the stage Pod's own"):
+            KubernetesSpec.model_validate({"volumes": [{"name": "d", "nfs": {"server": "s", "path": "/p"}}],
+                                           "volumeMounts": [{"name": "d", "mountPath": path}]})
+    with pytest.raises(ValidationError, match="exactly one of"):
+        KubernetesSpec.model_validate({"volumes": [{"name": "d"}]})

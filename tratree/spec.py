@@ -337,6 +337,64 @@ class StageResources(SpecModel):
     active_deadline_seconds: int | None = Field(None, ge=1)
 
 
+class PVCSource(SpecModel):
+    claim_name: str = Field(min_length=1)
+    read_only: bool = False
+
+
+class ConfigMapSource(SpecModel):
+    name: str = Field(min_length=1)
+
+
+class HostPathSource(SpecModel):
+    path: str = Field(min_length=1)
+    type: str | None = None
+
+
+class NFSSource(SpecModel):
+    server: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    read_only: bool = False
+
+
+# names and paths every stage Pod has already
+_RESERVED_VOLUMES = ("spec", "work", "shm")
+_RESERVED_MOUNTS = ("/spec", "/work", "/dev/shm")
+
+
+class Volume(SpecModel):
+    """A volume of every stage Pod (data, models, a shared file:// store): one source."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    persistent_volume_claim: PVCSource | None = None
+    config_map: ConfigMapSource | None = None
+    host_path: HostPathSource | None = Field(None, description="Where the cluster allows hostPath volumes.")
+    nfs: NFSSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = [self.persistent_volume_claim, self.config_map, self.host_path, self.nfs]
+        if sum(x is not None for x in sources) != 1:
+            raise ValueError("give exactly one of persistentVolumeClaim, configMap, hostPath, nfs")
+        if self.name in _RESERVED_VOLUMES:
+            raise ValueError(f"name {self.name!r} is taken by the stage Pod's own volumes")
+        return self
+
+
+class VolumeMount(SpecModel):
+    name: str
+    mount_path: str = Field(pattern=r"^/")
+    read_only: bool = False
+    sub_path: str | None = None
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> VolumeMount:
+        path = self.mount_path.rstrip("/") or "/"
+        if any(path == r or path.startswith(r + "/") or r.startswith(path + "/") or path == "/" for r in _RESERVED_MOUNTS):
+            raise ValueError(f"mountPath {self.mount_path!r} overlaps the stage Pod's own {', '.join(_RESERVED_MOUNTS)}")
+        return self
+
+
 class KubernetesSpec(SpecModel):
     """How the operator runs the stages as Jobs."""
 
@@ -349,6 +407,27 @@ class KubernetesSpec(SpecModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     ttl_seconds_after_finished: int | None = Field(86400, ge=0)
     stages: dict[StageKind, StageResources] = Field(default_factory=dict)
+    volumes: list[Volume] = Field(default_factory=list, description="Volumes of every stage Pod.")
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, description="Where every stage container mounts them (data, models, a file:// store).")
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> KubernetesSpec:
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError("volumes: names must be unique")
+        unknown = [m.name for m in self.volume_mounts if m.name not in names]
+        if unknown:
+            raise ValueError(f"volumeMounts: {unknown[0]!r} is not one of volumes ({', '.join(names) or 'none'})")
+        return self
+
+    def mount_of(self, path: str) -> VolumeMount | None:
+        """The mount a path in a stage container lies on, if any."""
+        for m in self.volume_mounts:
+            root = m.mount_path.rstrip("/")
+            if path == root or path.startswith(root + "/"):
+                return m
+        return None
 
 
 def _unique(values: list[Any]) -> list[Any]:

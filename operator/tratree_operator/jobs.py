@@ -100,6 +100,10 @@ def job_manifest(
     its prefix in the store) are passed as ``--input``."""
     k8s = spec.kubernetes
     res = config.resources_for(stage.kind, k8s.stages.get(stage.kind))
+    if not stage.gpu and res.gpus:
+        # a CPU-only stage of a GPU kind (the tokenizer is an "sft" stage): the CPU stages' resources
+        cpu = config.resources_for("expert", k8s.stages.get("expert"))
+        res = res.model_copy(update={"gpus": 0, "cpu": cpu.cpu, "memory": cpu.memory})
     image = res.image or getattr(config.images, IMAGE_OF_KIND[stage.kind])
     name = job_name(meta["name"], stage.name, key, attempt, meta["uid"])
     labels = {LABEL_EXPERIMENT: meta["name"], LABEL_STAGE: stage.name, LABEL_ATTEMPT: str(attempt), **MANAGED_BY}
@@ -133,7 +137,8 @@ def job_manifest(
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
                          {"name": "work", "mountPath": "/work"},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+                         {"name": "shm", "mountPath": "/dev/shm"},
+                         *(m.model_dump(by_alias=True, exclude_none=True) for m in k8s.volume_mounts)],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         # a failed stage's last log lines (its one-line error) become the termination message the status shows
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -150,6 +155,7 @@ def job_manifest(
             {"name": "work", "emptyDir": {}},
             # NCCL and dataloader workers need more shared memory than the default 64 MiB
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            *(v.model_dump(by_alias=True, exclude_none=True) for v in k8s.volumes),
         ],
     }
     account = k8s.service_account or config.service_account

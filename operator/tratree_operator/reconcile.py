@@ -175,6 +175,21 @@ def _invalid(observed: Observed, old: dict[str, Any], message: str, reason: str 
     return Decision(status, events=events)
 
 
+def _unshared_store(spec: ExperimentSpec) -> str | None:
+    """Why a file:// store cannot work on a cluster (each stage runs in a fresh Pod), if it cannot."""
+    if not spec.artifacts.startswith("file://"):
+        return None
+    path = spec.artifacts.removeprefix("file://")
+    mount = spec.kubernetes.mount_of(path) if path.startswith("/") else None
+    if mount is None:
+        return (f"spec.artifacts: {spec.artifacts} is a file:// store, but every stage runs in a fresh Pod: put it "
+                "on a volume all of them mount (spec.kubernetes.volumes and volumeMounts, e.g. a ReadWriteMany "
+                "PersistentVolumeClaim, with an absolute path under its mountPath), or use an s3:// store")
+    if mount.read_only:
+        return f"spec.artifacts: {spec.artifacts} is on volume {mount.name!r}, mounted read-only"
+    return None
+
+
 RETRY_ANNOTATION = "tratree.io/retry"
 
 
@@ -259,6 +274,9 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     refused = config.violations(exp.spec, meta.get("namespace", ""))
     if refused:
         return _invalid(observed, old, "; ".join(refused), "PolicyViolation")
+    unshared = _unshared_store(exp.spec)
+    if unshared:
+        return _invalid(observed, old, unshared, "StoreNotShared")
     spec = exp.spec
     stages = plan(spec)
     keys = fingerprints(stages)

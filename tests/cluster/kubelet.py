@@ -106,10 +106,11 @@ class Kubelet:
         # the container's paths, mapped into this Job's folder
         mounts = {}
         for mount in container.get("volumeMounts") or []:
-            local = root / mount["name"]
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            # a hostPath volume is this machine's folder; the others are the Job's own
+            local = Path(volume["hostPath"]["path"]) if "hostPath" in volume else root / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = local
-            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
             if "configMap" in volume:
                 cm = self.api.get("configmaps", meta["namespace"], volume["configMap"]["name"])
                 for key, text in (cm or {}).get("data", {}).items():

@@ -45,6 +45,8 @@ def local_command(mounts: dict[str, Path], env: dict[str, str], command: list[st
     ``tratree`` run by this Python (the images' entry point)."""
 
     def local(value: str) -> str:
+        if value.startswith("file://"):  # a file:// store on a mounted volume
+            return "file://" + local(value.removeprefix("file://"))
         for path, target in mounts.items():
             if value == path or value.startswith(path + "/"):
                 return str(target) + value[len(path):]
@@ -286,10 +288,11 @@ class NodeAgent:
         mounts: dict[str, Path] = {}
         volumes = {v.name: v for v in pod.spec.volumes or []}
         for mount in container.volume_mounts or []:
-            local = folder / "volumes" / mount.name
+            volume = volumes.get(mount.name)
+            local = self._volume_folder(pod, volume) if volume is not None else None
+            local = local or folder / "volumes" / mount.name
             local.mkdir(parents=True, exist_ok=True)
             mounts[mount.mount_path] = local
-            volume = volumes.get(mount.name)
             if volume is not None and volume.config_map is not None:
                 for k, text in self._config_map(pod, volume.config_map.name).items():
                     (local / k).write_text(text)
@@ -315,6 +318,22 @@ class NodeAgent:
             "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "", "ready": True,
                                    "restartCount": 0, "started": True, "state": {"running": {"startedAt": started}}}],
         }})
+
+    def _volume_folder(self, pod: Any, volume: Any) -> Path | None:
+        """Where a shared volume lives on this machine: a hostPath is itself; a PersistentVolumeClaim is
+        its bound PersistentVolume's hostPath (the real PV controller binds them). None: per Pod."""
+        if volume.host_path is not None:
+            return Path(volume.host_path.path)
+        if volume.persistent_volume_claim is not None:
+            claim = self.core.read_namespaced_persistent_volume_claim(volume.persistent_volume_claim.claim_name,
+                                                                      pod.metadata.namespace)
+            if not claim.spec.volume_name:
+                raise ConfigError(f'persistentvolumeclaim "{claim.metadata.name}" is not bound')
+            pv = self.core.read_persistent_volume(claim.spec.volume_name)
+            if pv.spec.host_path is None:
+                raise ConfigError(f"persistentvolume {pv.metadata.name}: this node agent serves hostPath volumes only")
+            return Path(pv.spec.host_path.path)
+        return None
 
     def _config_map(self, pod: Any, name: str) -> dict[str, str]:
         from kubernetes.client.exceptions import ApiException
