@@ -162,6 +162,9 @@ def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
     assert {p["metadata"]["labels"]["tratree.io/stage"] for p in pods} == set(st["stages"])
     assert all(p["status"]["phase"] == "Succeeded" and p["spec"]["nodeName"] for p in pods)
     assert not re.search(r"\(403\)|[Ff]orbidden", operator.log()), operator.log()[-3000:]
+    # kopf wrote nothing on the experiment: no copy of its spec, no finalizer
+    meta = kube.get("w2sg", "e2e", ns)["metadata"]
+    assert not meta.get("finalizers") and not [a for a in meta.get("annotations") or {} if "last-handled" in a]
 
     # `kubectl get w2sg` prints the README's columns
     table = kube.kubectl("-n", ns, "get", "w2sg")

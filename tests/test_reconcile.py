@@ -685,3 +685,37 @@ def test_volume_mounts_must_name_volumes_and_keep_off_the_pods_own_paths():
                                            "volumeMounts": [{"name": "d", "mountPath": path}]})
     with pytest.raises(ValidationError, match="exactly one of"):
         KubernetesSpec.model_validate({"volumes": [{"name": "d"}]})
+
+
+def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_job():
+    import asyncio
+
+    from tratree_operator.controller import Controller
+    from tratree_operator.reconcile import Decision
+
+    class Kube:
+        written: list[str] = []
+
+        async def apply_configmap(self, manifest):
+            self.written.append(manifest["data"]["experiment.yaml"])
+
+        async def create(self, manifest):
+            return True
+
+        async def patch_status(self, *args):
+            """Status writes are not counted here."""
+
+    kube = Kube()
+    controller = Controller(kube, OperatorConfig())
+    body = {"metadata": {"namespace": "ns", "name": "exp", "resourceVersion": "1"}, "status": {}}
+
+    def decision(text: str) -> Decision:
+        cm = {"kind": "ConfigMap", "data": {"experiment.yaml": text}}
+        return Decision(status={"phase": "Running"}, create=[cm, {"kind": "Job", "metadata": {"name": "j"}}])
+
+    async def passes() -> None:
+        for text in ("a", "a", "a", "b"):
+            await controller.apply(body, decision(text))
+
+    asyncio.run(passes())
+    assert kube.written == ["a", "b"]

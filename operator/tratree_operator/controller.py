@@ -124,6 +124,8 @@ class Controller:
         self.store = StoreReader()
         self.phases = metrics.PhaseBook()
         self._failures_counted: set[tuple[Any, ...]] = set()
+        self._noticed: dict[Key, tuple[Any, ...]] = {}
+        self._configmaps: dict[Key, str] = {}  # the spec ConfigMap content last written, per experiment
         self._slots: dict[Key, _Slot] = {}
         self._limit = asyncio.Semaphore(concurrency)
 
@@ -138,8 +140,18 @@ class Controller:
         if slot.task is None or slot.task.done():
             slot.task = asyncio.create_task(self._worker(key, slot), name=f"reconcile {namespace}/{name}")
 
+    def notice(self, namespace: str, name: str, generation: int | None, annotations: dict[str, str]) -> None:
+        """An event of the experiment: wake its queue when what a person set changed (a new spec
+        generation, an annotation such as a retry), or when it was not known yet."""
+        seen = (generation, tuple(sorted(annotations.items())))
+        if self._noticed.get((namespace, name)) != seen:
+            self._noticed[(namespace, name)] = seen
+            self.wake(namespace, name)
+
     def forget(self, namespace: str, name: str) -> None:
         """The experiment is gone: stop its worker and drop it from the metrics."""
+        self._noticed.pop((namespace, name), None)
+        self._configmaps.pop((namespace, name), None)
         slot = self._slots.pop((namespace, name), None)
         if slot is not None and slot.task is not None and slot.task is not asyncio.current_task():
             slot.task.cancel()
@@ -221,7 +233,11 @@ class Controller:
         ns, name = meta["namespace"], meta["name"]
         for manifest in decision.create:
             if manifest["kind"] == "ConfigMap":
-                await self.kube.apply_configmap(manifest)
+                # the spec ConfigMap comes with every new Job; write it only when its content changed
+                written = hashlib.sha256(json.dumps(manifest["data"], sort_keys=True).encode()).hexdigest()
+                if self._configmaps.get((ns, name)) != written:
+                    await self.kube.apply_configmap(manifest)
+                    self._configmaps[(ns, name)] = written
             elif await self.kube.create(manifest):
                 metrics.JOBS_CREATED.inc()
                 log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])

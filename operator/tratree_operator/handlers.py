@@ -7,7 +7,6 @@ annotations under ``tratree.io/``, never in ``.status``, whose schema is the ope
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -25,10 +24,6 @@ EXPERIMENTS = (API_GROUP, VERSION, PLURAL)
 
 def configure(settings: kopf.OperatorSettings) -> None:
     """Settings for long runs on a shared cluster."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
     # the apiserver ends watches itself; the client side gives up a little later
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -56,20 +51,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.stop()
 
 
-# distinct ids: kopf records handler progress by id, and one id for three causes would
-# mark the update handled by the create
-@kopf.on.resume(*EXPERIMENTS, id="resume")
-@kopf.on.create(*EXPERIMENTS, id="create")
-@kopf.on.update(*EXPERIMENTS, id="update")
-async def experiment_changed(name: str, namespace: str, memo: kopf.Memo, reason: str, **_: Any) -> None:
-    logging.getLogger("tratree_operator").debug("%s/%s: %s", namespace, name, reason)
-    memo.controller.wake(namespace, name)
-
-
-@kopf.on.delete(*EXPERIMENTS, optional=True)
-async def experiment_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    # optional: no finalizer; its Jobs and ConfigMap go by owner references
-    memo.controller.forget(namespace, name)
+# Watching events only: kopf keeps no bookkeeping of its own on the experiment (no copy of the
+# spec in a last-handled-configuration annotation, no finalizer, no progress patches); the
+# reconciler reads the object and decides. Status writes come back as events too: the controller
+# wakes for a new generation or new annotations (a retry), not for its own writes.
+@kopf.on.event(*EXPERIMENTS)
+async def experiment_event(event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
+                           **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        memo.controller.forget(namespace, name)  # its Jobs and ConfigMap go by owner references
+        return
+    meta = body.get("metadata") or {}
+    memo.controller.notice(namespace, name, meta.get("generation"), dict(meta.get("annotations") or {}))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_EXPERIMENT: kopf.PRESENT})

@@ -45,7 +45,7 @@ app.kubernetes.io/component: operator
 {{- define "tratree.rules" -}}
 - apiGroups: ["tratree.io"]
   resources: ["w2sgexperiments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["tratree.io"]
   resources: ["w2sgexperiments/status"]
   verbs: ["patch"]
