@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tratree.pipeline import fingerprints, plan
+from tratree.pipeline import plan
 from tratree.spec import parse_experiment
 from tratree_operator.config import OperatorConfig
 from tratree_operator.jobs import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, job_name
@@ -124,7 +124,10 @@ def test_a_new_experiment_starts_its_first_stage_with_a_configmap_and_owned_labe
     assert d.status["currentStage"] == "expert"
     assert [e.reason for e in d.events] == ["StageStarted"]
     # the name is a function of experiment, stage, plan key and attempt: a restart finds the same Job
-    key = fingerprints(plan(parse_experiment(spec()).spec))["expert"]
+    from tratree_operator.reconcile import plan_keys
+
+    exp_spec = parse_experiment(spec()).spec
+    key = plan_keys(exp_spec, plan(exp_spec))["expert"]
     assert meta["name"] == job_name("exp", "expert", key, 1, "uid-1") and meta["annotations"][ANNOTATION_KEY] == key
 
 
@@ -694,7 +697,8 @@ def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_j
     from tratree_operator.reconcile import Decision
 
     class Kube:
-        written: list[str] = []
+        def __init__(self):
+            self.written: list[str] = []
 
         async def apply_configmap(self, manifest):
             self.written.append(manifest["data"]["experiment.yaml"])
@@ -719,3 +723,26 @@ def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_j
 
     asyncio.run(passes())
     assert kube.written == ["a", "b"]
+
+
+def test_a_new_store_replans_every_stage_against_it():
+    w = World()
+    w.step()
+    w.finish("expert")
+    w.manifests = {"expert": manifest("expert")}
+    w.step()
+    assert w.stage("expert")["state"] == "Succeeded" and w.running("tokenizer")
+    w.body["spec"] = spec(artifacts="s3://another-bucket/exp")
+    w.body["metadata"]["generation"] = 2
+    w.manifests = {}  # the new store has nothing yet
+    d = w.step()
+    assert {e.reason for e in d.events} >= {"StageReplanned"}
+    # nothing is taken as done in a store that does not have it: expert runs again there, and the
+    # tokenizer Job running against the old store is stopped
+    assert w.stage("expert")["state"] == "Running" and w.running("expert")
+    assert not [j for j in w.jobs.values() if j["metadata"]["labels"][LABEL_STAGE] == "tokenizer"
+                and not (j.get("status") or {}).get("conditions")]
+    # a store that has the outputs: Cached
+    w2 = World(spec(artifacts="s3://another-bucket/exp"))
+    w2.manifests = {"expert": manifest("expert")}
+    assert w2.step() and w2.stage("expert")["state"] == "Cached"

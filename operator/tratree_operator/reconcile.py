@@ -14,6 +14,7 @@ re-runs that stage and everything after it, and leaves the rest standing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -190,6 +191,13 @@ def _unshared_store(spec: ExperimentSpec) -> str | None:
     return None
 
 
+def plan_keys(spec: ExperimentSpec, stages: list[Stage]) -> dict[str, str]:
+    """Each stage's plan key: its fingerprint and the store. A new store (``spec.artifacts`` edited)
+    re-plans every stage against it: Cached where it has the output, run again where not."""
+    return {n: hashlib.sha256(f"{k}@{spec.artifacts}".encode()).hexdigest()[:24]
+            for n, k in fingerprints(stages).items()}
+
+
 RETRY_ANNOTATION = "tratree.io/retry"
 
 
@@ -279,7 +287,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
         return _invalid(observed, old, unshared, "StoreNotShared")
     spec = exp.spec
     stages = plan(spec)
-    keys = fingerprints(stages)
+    keys = plan_keys(spec, stages)
     by_name = {s.name: s for s in stages}
     jobs_of: dict[str, list[JobView]] = defaultdict(list)
     for job in _owned(observed.jobs, meta.get("uid")):
