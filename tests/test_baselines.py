@@ -198,3 +198,33 @@ def test_a_dying_environment_is_replaced_and_its_episode_run_again_within_a_boun
     made.clear()
     with pytest.raises(EnvironmentFailed, match=r"task t/train/0: the environment failed 3 times \(ConnectionRefused"):
         list(run_episodes([Episode("t/train/0")], EnvPool(factory([1, 1, 1])), Backend(), "p", lambda _: 10, 1))
+
+
+@pytest.mark.parametrize(("env", "eto_ids", "task_ids", "first_turn"), [
+    ("webshop", ["1600", "2041"], ["webshop/train/1600", "webshop/train/2041"],
+     "WebShop [SEP] Instruction: [SEP] i need a red shirt [SEP] Search"),
+    ("alfworld", ["41", "7"], ["alfworld/train/41", "alfworld/train/7"],
+     "You are in the middle of a room. Looking quickly around you, you see a cabinet 1.\nYour task is to: put a "
+     "cloth in cabinet."),
+])
+def test_eto_files_of_webshop_and_alfworld_form_eto_and_ceiling_pairs(tmp_path, env, eto_ids, task_ids, first_turn):
+    """ETO's data names WebShop goals and ALFWorld games by index; mapped to the environments' ids,
+    they pair with explorations (written here as the live environments give them: same ids, same
+    first turn)."""
+    from tests.conftest import make_traj
+
+    path = tmp_path / f"{env}_sft.json"
+    path.write_text(json.dumps([eto_conversation(i, first_turn, [("click[buy now]" if env == "webshop" else
+                                                                  "go to cabinet 1", "done")], 1.0) for i in eto_ids]))
+    spec = parse_experiment({"weak": {"model": "w"}, "strong": {"model": "s"},
+                             "environment": {"name": env, "protocol": "eto", "iclExample": False},
+                             "expert": {"source": "file", "path": str(path), "format": "eto"}}).spec
+    expert = expert_trajectories(spec)
+    assert [t.task_id for t in expert] == task_ids and all(t.instruction == first_turn for t in expert)
+    from tratree.explore import split_tasks
+
+    assert split_tasks(spec, "train") == task_ids  # ETO's protocol: exploration on the expert file's tasks
+    explored = [make_traj(t, ["look"], 0.0) for t in task_ids]
+    for mode in ("eto", "ceiling"):
+        pairs = expert_pairs(expert, explored, mode)
+        assert [p.task_id for p in pairs] == task_ids and all(p.chosen_value > p.rejected_value for p in pairs)
