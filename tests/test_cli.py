@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,6 +202,22 @@ def test_a_binary_file_given_as_jsonl_is_one_line(cli, tmp_path, command):
         cli(command[0], str(binary), *command[1:], cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "b.jsonl:1: not" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl"]
+
+
+@pytest.mark.parametrize(("environment", "env", "message"), [
+    ("{name: textworldexpress, tasks: [chess]}", {}, "unknown TextWorldExpress game 'chess'"),
+    ("{name: scienceworld, tasks: [alchemy]}", {}, "unknown ScienceWorld task 'alchemy'"),
+    ("{name: textworldexpress, tasks: [], gameParams: 'numLocations=1'}", {},
+     "gameParams 'numLocations=1' for "),
+    ("{name: textworldexpress, tasks: [cookingworld]}", {"PATH": str(Path(sys.executable).parent), "JAVA_HOME": ""},
+     "java is not on PATH"),
+])
+def test_environment_faults_are_one_line(cli, tmp_path, environment, env, message):
+    spec = tmp_path / "x.yaml"
+    spec.write_text(f"weak: {{model: tiny:weak}}\nstrong: {{model: tiny:strong}}\nenvironment: {environment}\n")
+    r = cli("expert", str(spec), "-o", str(tmp_path / "x.jsonl"), "--limit", "1", env={"JAVA_TOOL_OPTIONS": "-Xmx384m", **env})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(tmp_path):

@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     from tratree.artifacts import StoreError
     from tratree.atomic import OutputError
-    from tratree.envs.base import EnvironmentUnavailable
+    from tratree.envs.base import EnvironmentSpecError, EnvironmentUnavailable
     from tratree.formats import FormatError
     from tratree.pipeline import UnknownStage
     from tratree.run import StageNotReady
@@ -597,7 +597,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         code = args.func(args)
     except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage,
-            StageError, OutputError) as err:
+            StageError, OutputError, EnvironmentSpecError) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code or 0

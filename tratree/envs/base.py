@@ -15,6 +15,10 @@ class EnvironmentUnavailable(RuntimeError):
     """The environment's package or data is missing; the message says what to install and where."""
 
 
+class EnvironmentSpecError(ValueError):
+    """The spec names a game, task or parameter the environment does not have; one line."""
+
+
 @dataclass(frozen=True)
 class Reset:
     """The start of an episode: the task's instruction and the first observation."""
@@ -66,7 +70,16 @@ def clamp_score(value: float) -> float:
 
 @contextlib.contextmanager
 def jvm_options(heap: str, extra: str = "") -> Iterator[None]:
-    """Options for JVMs started inside the block: a bounded heap unless the user set -Xmx, plus ``extra``."""
+    """Options for JVMs started inside the block: a bounded heap unless the user set -Xmx, plus ``extra``.
+
+    EnvironmentUnavailable at once when there is no ``java`` to start.
+    """
+    import shutil
+
+    home = os.environ.get("JAVA_HOME")
+    if not shutil.which("java") and not (home and os.access(os.path.join(home, "bin", "java"), os.X_OK)):
+        raise EnvironmentUnavailable("the environment runs on Java 17, and java is not on PATH (install "
+                                     "openjdk-17-jre-headless, or set JAVA_HOME)")
     old = os.environ.get("JAVA_TOOL_OPTIONS")
     opts = [old] if old else []
     if not (old and "-Xmx" in old):

@@ -14,7 +14,15 @@ With ``eto=True`` the tasks are ETO's 24 task types and its test and dev variati
 
 from __future__ import annotations
 
-from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, jvm_options, split_task_id
+from tratree.envs.base import (
+    EnvironmentSpecError,
+    EnvironmentUnavailable,
+    Outcome,
+    Reset,
+    Split,
+    jvm_options,
+    split_task_id,
+)
 
 ETO_SIMPLIFICATIONS = ("teleportAction", "openDoors", "openContainers", "selfWateringFlowerPots", "noElectricalAction")
 MOVE_LIMIT = 100_000
@@ -45,7 +53,7 @@ class ScienceWorld:
         unknown = [t for t in task_names if t not in known]
         if unknown:
             self._env.close()
-            raise ValueError(f"unknown ScienceWorld task {unknown[0]!r} (known: {', '.join(known)})")
+            raise EnvironmentSpecError(f"unknown ScienceWorld task {unknown[0]!r} (known: {', '.join(known)})")
         self.eto = eto
         if eto:
             from tratree.envs.eto_sciworld import TASKS

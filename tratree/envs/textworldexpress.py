@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from tratree.envs.base import EnvironmentUnavailable, Outcome, Reset, Split, clamp_score, jvm_options, split_task_id
+from tratree.envs.base import (
+    EnvironmentSpecError,
+    EnvironmentUnavailable,
+    Outcome,
+    Reset,
+    Split,
+    clamp_score,
+    jvm_options,
+    split_task_id,
+)
 
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
 
@@ -15,7 +24,7 @@ class TextWorldExpress:
     def __init__(self, games: list[str], game_params: str = "", step_limit: int = 100, heap: str = "384m") -> None:
         unknown = [g for g in games if g not in GAMES]
         if unknown:
-            raise ValueError(f"unknown TextWorldExpress game {unknown[0]!r} (known: {', '.join(GAMES)})")
+            raise EnvironmentSpecError(f"unknown TextWorldExpress game {unknown[0]!r} (known: {', '.join(GAMES)})")
         try:
             from textworld_express import TextWorldExpressEnv
         except ImportError as err:
@@ -30,7 +39,11 @@ class TextWorldExpress:
 
     def _load(self, game: str) -> None:
         if self._loaded != game:
-            self._env.load(gameName=game, gameParams=self.game_params)
+            try:
+                self._env.load(gameName=game, gameParams=self.game_params)
+            except ValueError as err:  # the generator refuses a parameter: name the game and the parameters
+                raise EnvironmentSpecError(f"gameParams {self.game_params!r} for {game}: "
+                                           f"{str(err).strip().splitlines()[0]}") from None
             self._loaded = game
 
     def tasks(self, split: Split) -> dict[str, list[str]]:
