@@ -191,6 +191,10 @@ def test_model_references_are_checked_before_the_first_stage(cli, tmp_path):
     path.write_text("weak: {model: meta-llama/Llama-2-7b-hf}\nstrong: {model: tiny:strong}\n")
     r = cli("validate", str(path))
     assert r.returncode == 0 and "weak.model: meta-llama/Llama-2-7b-hf: a Hugging Face hub id, not checked here" in r.stderr
+    # run asks the hub (briefly) before any stage: no network is one line, at once
+    r = cli("run", str(path), "--artifacts", f"file://{tmp_path}/store", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "the hub cannot be reached from here" in r.stderr
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.mark.parametrize("command", [["tree", "stats"], ["pairs", "-o", "o.jsonl"], ["mcts", "-o", "o.jsonl"],

@@ -176,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     exp = _experiment(args.experiment)
     for role, ref in (("weak", exp.spec.weak.model), ("strong", exp.spec.strong.model)):
-        if why := modelref.problem(ref):  # before the first stage, not hours into the run
+        # before the first stage, not hours into the run
+        if why := modelref.problem(ref) or modelref.unreachable(ref):
             raise CLIError(f"{args.experiment}: {role}.model: {why}")
     store = args.artifacts or exp.spec.artifacts
     console = Console(stderr=True)
@@ -588,6 +589,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from tratree.atomic import OutputError
     from tratree.envs.base import EnvironmentSpecError, EnvironmentUnavailable
     from tratree.formats import FormatError
+    from tratree.modelref import ModelUnavailable
     from tratree.pipeline import UnknownStage
     from tratree.run import StageNotReady
     from tratree.spec import SpecError
@@ -597,7 +599,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         code = args.func(args)
     except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage,
-            StageError, OutputError, EnvironmentSpecError) as err:
+            StageError, OutputError, EnvironmentSpecError, ModelUnavailable) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code or 0

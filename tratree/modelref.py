@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["tiny", "s3", "local", "hub"]
+
+
+class ModelUnavailable(RuntimeError):
+    """A model reference that cannot be loaded here; the message is one line naming it."""
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -60,4 +64,40 @@ def unchecked(ref: str) -> str | None:
         return f"{ref}: a Hugging Face hub id, not checked here (it is fetched when a stage loads it)"
     if which == "s3":
         return f"{ref}: an s3:// URI, not checked here (it is fetched when a stage loads it)"
+    return None
+
+
+def unreachable(ref: str) -> str | None:
+    """Why a hub id or s3:// model cannot be fetched from here (asked over the network, briefly),
+    or None when it can, or is already cached, or is not fetched at all."""
+    which = kind(ref)
+    if which == "s3":
+        from tratree.artifacts import StoreError, list_prefix
+
+        try:
+            list_prefix(ref)
+        except StoreError as err:
+            return str(err)
+        return None
+    if which != "hub":
+        return None
+    import os
+
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return None  # in the local Hugging Face cache
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return f"{ref}: not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+    try:
+        model_info(ref, timeout=10)
+    except GatedRepoError:
+        return f"{ref}: a gated model on the Hugging Face hub: set HF_TOKEN (hfTokenSecret on a cluster)"
+    except RepositoryNotFoundError:
+        return f"{ref}: no such model on the Hugging Face hub (or it is private: set HF_TOKEN)"
+    except Exception as err:  # no network, DNS, TLS, proxy: what the user can act on is the same
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        return (f"{ref}: a Hugging Face hub id, and the hub cannot be reached from here ({detail}); use a local "
+                "directory, an s3:// URI, or fill the Hugging Face cache first")
     return None

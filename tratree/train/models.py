@@ -123,12 +123,19 @@ def load_causal_lm(ref: str, dtype: str = "auto", trainable: bool = False) -> tu
     path = resolve(ref)
     torch_dtype = getattr(torch, _DTYPES[dtype]) if dtype in _DTYPES else ("auto" if dtype == "auto" else None)
     base = adapter_base(path)
-    model = AutoModelForCausalLM.from_pretrained(base or path, dtype=torch_dtype)
-    if base:
-        from peft import PeftModel
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base or path, dtype=torch_dtype)
+        if base:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
-    tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists() else base or path)
+            model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path if (Path(path) / "tokenizer_config.json").exists() else base or path)
+    except OSError as err:  # not a model, not on the hub, no network: transformers says so at length
+        from tratree.modelref import ModelUnavailable
+
+        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ModelUnavailable(f"model {ref!r} cannot be loaded: {detail}") from None
     return model, ensure_chat_template(tokenizer)
 
 
