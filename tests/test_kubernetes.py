@@ -474,7 +474,6 @@ def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_
     failing = experiment("failing", s3_env)
     failing["spec"]["environment"]["gameParams"] = "numLocations=banana"  # the expert stage exits 2
     failing["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 1}}
-    failing["spec"]["kubernetes"]["ttlSecondsAfterFinished"] = 0
     kube.apply(failing, "-n", ns)
     st = wait_phase(kube, "failing", ns, "Failed", operator, 300)
     entry = st["stages"]["expert"]
@@ -490,7 +489,8 @@ def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_
     events = kube.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=failing",
                           "-o", "jsonpath={.items[*].reason}").split()
     assert {"StageAttemptFailed", "StageRetried", "StageFailed", "ExperimentFailed"} <= set(events), events
-    # the README's retry: the failed stage gets its retries again (its Jobs may be gone: TTL 0 here)
+    # the README's retry: the failed stage gets its retries again, even with its Jobs gone (as after a TTL)
+    kube.kubectl("-n", ns, "delete", "jobs", "-l", "tratree.io/experiment=failing")
     kube.kubectl("-n", ns, "annotate", "w2sg", "failing", "tratree.io/retry=1", "--overwrite")
     kube.wait_for(lambda: status(kube, "failing", ns)["stages"]["expert"]["attempts"] == 4
                   and status(kube, "failing", ns)["phase"] == "Failed", 300, "the retried attempts to fail again")
