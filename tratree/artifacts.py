@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from tratree.atomic import atomic_write
+from tratree.errors import UserError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store cannot be reached, or an artifact in it is missing or corrupted."""
 
 

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from tratree.errors import UserError
 
-class OutputError(OSError):
+
+class OutputError(UserError, OSError):
     """An output that cannot be written (a directory in the way, no permission, a full or read-only
     disk); the message is one line naming the path."""
 

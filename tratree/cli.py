@@ -585,21 +585,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from tratree.artifacts import StoreError
-    from tratree.atomic import OutputError
-    from tratree.envs.base import EnvironmentSpecError, EnvironmentUnavailable
-    from tratree.formats import FormatError
-    from tratree.modelref import ModelUnavailable
-    from tratree.pipeline import UnknownStage
-    from tratree.run import StageNotReady
-    from tratree.spec import SpecError
-    from tratree.stages import StageError
+    # the mark every user-facing error carries: catching it imports none of the modules behind them
+    from tratree.errors import UserError
 
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (CLIError, FormatError, SpecError, EnvironmentUnavailable, StoreError, StageNotReady, UnknownStage,
-            StageError, OutputError, EnvironmentSpecError, ModelUnavailable) as err:
+    except (CLIError, UserError) as err:
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code or 0

@@ -15,12 +15,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tratree.atomic import atomic_write
+from tratree.errors import UserError
 from tratree.react import parse_reply
 
 TREE_FORMAT = 1
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A malformed input file; the message is one line: ``FILE:LINE: what is wrong``."""
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from tratree.errors import UserError
+
 Kind = Literal["tiny", "s3", "local", "hub"]
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserError, RuntimeError):
     """A model reference that cannot be loaded here; the message is one line naming it."""
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

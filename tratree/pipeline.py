@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tratree import __version__
+from tratree.errors import UserError
 from tratree.spec import ExperimentSpec, StageKind
 from tratree.train.tiny import preset_name
 
@@ -176,7 +177,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     return list(stages.values())
 
 
-class UnknownStage(ValueError):
+class UnknownStage(UserError, ValueError):
     """A stage name that is not in the experiment's graph."""
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tratree.artifacts import Store, StoreError, open_store
+from tratree.errors import UserError
 from tratree.pipeline import STAGE_VERSIONS, Stage, UnknownStage, cache_key, code_version, plan, select
 from tratree.spec import ExperimentSpec
 
 
-class StageNotReady(RuntimeError):
+class StageNotReady(UserError, RuntimeError):
     """A stage was asked to run before one of its inputs was done."""
 
 

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from tratree.errors import UserError
+
 API_GROUP = "tratree.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "W2SGExperiment"
@@ -56,7 +58,7 @@ EXPERIMENT_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z
 NAME_RULE = "lowercase letters, digits, '-' and '.', starting and ending alphanumeric, at most 63 characters"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An experiment file that cannot be loaded; the message is one line naming the file and field."""
 
 

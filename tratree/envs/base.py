@@ -8,14 +8,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from tratree.errors import UserError
+
 Split = Literal["train", "dev", "test"]
 
 
-class EnvironmentUnavailable(RuntimeError):
+class EnvironmentUnavailable(UserError, RuntimeError):
     """The environment's package or data is missing; the message says what to install and where."""
 
 
-class EnvironmentSpecError(ValueError):
+class EnvironmentSpecError(UserError, ValueError):
     """The spec names a game, task or parameter the environment does not have; one line."""
 
 

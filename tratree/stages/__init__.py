@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tratree.errors import UserError
 from tratree.pipeline import Stage
 from tratree.spec import ExperimentSpec
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage whose inputs cannot give a meaningful output (nothing to train on, say); one line."""
 
 
