@@ -25,11 +25,11 @@ class CLIError(Exception):
 
 def _read_trajectories_or_trees(path: str):
     """Trees from a trees file, or built (exact match) from a trajectories file."""
-    from tratree.formats import Trajectory, iter_jsonl, record_kind
+    from tratree.formats import Trajectory, iter_jsonl, record_kind, trajectory_view
     from tratree.tree import build_trees, read_trees
 
     if record_kind(path) == "trajectory":
-        return build_trees(iter_jsonl(path, Trajectory))
+        return build_trees(iter_jsonl(path, Trajectory, fast=trajectory_view))
     return read_trees(path)
 
 
@@ -42,7 +42,7 @@ def cmd_import_eto(args: argparse.Namespace) -> None:
 
 
 def cmd_tree_build(args: argparse.Namespace) -> None:
-    from tratree.formats import Trajectory, iter_jsonl
+    from tratree.formats import Trajectory, iter_jsonl, trajectory_view
     from tratree.progress import track
     from tratree.tree import build_trees, summarize
 
@@ -51,7 +51,7 @@ def cmd_tree_build(args: argparse.Namespace) -> None:
         from tratree.embeddings import load_embedder
 
         embed = load_embedder(args.embedding_model, show_progress=sys.stderr.isatty())
-    trajectories = track(iter_jsonl(args.trajectories, Trajectory), "building trees")
+    trajectories = track(iter_jsonl(args.trajectories, Trajectory, fast=trajectory_view), "building trees")
     trees = build_trees(trajectories, similarity=args.similarity, embed=embed)
     _write_lines(args.output, (t.to_json() for t in trees))
     s = summarize(trees)

@@ -6,11 +6,12 @@ writer is atomic (see :mod:`tratree.atomic`), so a failed run leaves no partial 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -131,14 +132,68 @@ def _validation_message(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+_TRAJECTORY_KEYS = frozenset(("task_id", "instruction", "steps", "final_observation", "score", "success", "meta"))
+_STEP_KEYS = frozenset(("observation", "thought", "action"))
+
+
+class StepView(NamedTuple):
+    """A step read for building trees, without a pydantic object per step."""
+
+    observation: str
+    thought: str
+    action: str
+
+
+class TrajectoryView(NamedTuple):
+    """A trajectory read for building trees: what ``Trajectory`` holds, as a plain tuple."""
+
+    task_id: str
+    instruction: str
+    steps: list[StepView]
+    final_observation: str
+    score: float
+    success: bool
+    meta: dict[str, Any]
+
+
+def trajectory_view(d: Any) -> TrajectoryView | None:
+    """The view of an already parsed line when it is plainly a valid trajectory (exact types, no
+    coercion needed); None leaves the line to pydantic, which accepts what it may coerce, or says
+    what is wrong. The tree commands read trajectories this way: per-step pydantic objects were
+    most of their time."""
+    if type(d) is not dict or not d.keys() <= _TRAJECTORY_KEYS:
+        return None
+    task, instruction, score, steps = d.get("task_id"), d.get("instruction"), d.get("score"), d.get("steps")
+    if type(task) is not str or not task or type(instruction) is not str or type(steps) is not list or not steps:
+        return None
+    if type(score) not in (float, int) or not 0.0 <= score <= 1.0:
+        return None
+    success, final, meta = d.get("success", score >= 1.0), d.get("final_observation", ""), d.get("meta", {})
+    if type(success) is not bool or type(final) is not str or type(meta) is not dict:
+        return None
+    views = []
+    for st in steps:
+        if type(st) is not dict or not st.keys() <= _STEP_KEYS:
+            return None
+        obs, action, thought = st.get("observation"), st.get("action"), st.get("thought", "")
+        if type(obs) is not str or type(action) is not str or type(thought) is not str:
+            return None
+        views.append(StepView(obs, thought, action))
+    return TrajectoryView(task, instruction, views, final, float(score), success, meta)
+
+
 def iter_jsonl(
-    path: str | Path, model: type[R], convert: Callable[[R], Any] | None = None
+    path: str | Path, model: type[R], convert: Callable[[R], Any] | None = None,
+    fast: Callable[[Any], Any] | None = None,
 ) -> Iterator[Any]:
     """Stream validated records from a JSONL file; blank lines are skipped.
 
     ``convert`` turns each record into another object; a ValueError it raises becomes a
-    FormatError naming the line.
+    FormatError naming the line. ``fast`` takes a line parsed by orjson and returns the finished
+    item when the line is plainly valid, or None to leave it to pydantic (and its messages).
     """
+    import orjson
+
     path = Path(path)
     try:
         fh = path.open("rb")
@@ -149,8 +204,13 @@ def iter_jsonl(
             if not line.strip():
                 continue
             try:
-                rec = model.model_validate_json(line)
-                item = convert(rec) if convert else rec
+                item = None
+                if fast is not None:
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        item = fast(orjson.loads(line))
+                if item is None:
+                    rec = model.model_validate_json(line)
+                    item = convert(rec) if convert else rec
             except ValidationError as err:
                 raise FormatError(f"{path}:{lineno}: {_validation_message(err)}") from None
             except ValueError as err:

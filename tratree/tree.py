@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from tratree.formats import TREE_FORMAT, Step, Trajectory, TreeRecord, iter_jsonl
 
@@ -260,13 +261,12 @@ class Tree:
             "similarity": self.similarity,
             "nodes": nodes,
         }
-        return json.dumps(rec, ensure_ascii=False, separators=(",", ":"))
+        return orjson.dumps(rec).decode()
 
     @classmethod
     def from_record(cls, rec: TreeRecord) -> Tree:
         """A tree from a validated record; its visit counts must add up."""
         tree = cls(rec.task_id, rec.instruction, rec.similarity)
-        n = len(rec.nodes)
         tree.parent = [-1] + [nd.parent for nd in rec.nodes[1:]]  # type: ignore[misc]
         tree.observation = [nd.observation for nd in rec.nodes]
         tree.thought = [nd.thought for nd in rec.nodes]
@@ -275,15 +275,20 @@ class Tree:
         tree.total = [nd.total for nd in rec.nodes]
         tree.ends = [nd.ends for nd in rec.nodes]
         tree.end_total = [nd.end_total for nd in rec.nodes]
-        through = list(tree.ends)
-        for v in range(n - 1, 0, -1):
-            through[tree.parent[v]] += through[v]
-        for v in range(n):
-            if through[v] != tree.visits[v]:
-                raise ValueError(f"nodes[{v}].visits ({tree.visits[v]}) is not its ends plus its children's visits ({through[v]})")
-            if tree.total[v] > tree.visits[v] + 1e-9:
-                raise ValueError(f"nodes[{v}].total exceeds its visits (scores are at most 1)")
+        tree.check_counts()
         return tree
+
+    def check_counts(self) -> None:
+        """ValueError unless every node's visits are its ends plus its children's visits, and its
+        total at most its visits."""
+        through = list(self.ends)
+        for v in range(len(self.parent) - 1, 0, -1):
+            through[self.parent[v]] += through[v]
+        for v in range(len(self.parent)):
+            if through[v] != self.visits[v]:
+                raise ValueError(f"nodes[{v}].visits ({self.visits[v]}) is not its ends plus its children's visits ({through[v]})")
+            if self.total[v] > self.visits[v] + 1e-9:
+                raise ValueError(f"nodes[{v}].total exceeds its visits (scores are at most 1)")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -450,9 +455,50 @@ def build_trees(
     return builder.trees()
 
 
+_TREE_KEYS = frozenset(("format", "task_id", "instruction", "similarity", "nodes"))
+_NODE_KEYS = frozenset(("parent", "observation", "thought", "action", "visits", "total", "ends", "end_total"))
+
+
+def _fast_tree(d: Any) -> Tree | None:
+    """The tree of an already parsed line when it is plainly valid (exact types); None leaves the
+    line to pydantic. Its counts are checked as ``Tree.from_record`` checks them."""
+    if type(d) is not dict or not d.keys() <= _TREE_KEYS or d.get("format", TREE_FORMAT) != TREE_FORMAT:
+        return None
+    task, instruction, sim, nodes = d.get("task_id"), d.get("instruction"), d.get("similarity"), d.get("nodes")
+    if type(task) is not str or not task or type(instruction) is not str or type(sim) not in (float, int) \
+            or not 0.0 < sim <= 1.0 or type(nodes) is not list or not nodes:
+        return None
+    tree = Tree(task, instruction, float(sim))
+    parent, obs, thought, action, visits, total, ends, end_total = [], [], [], [], [], [], [], []
+    for i, nd in enumerate(nodes):
+        if type(nd) is not dict or not nd.keys() <= _NODE_KEYS:
+            return None
+        par = nd.get("parent", -2)
+        if (i == 0 and par is not None) or (i > 0 and (type(par) is not int or not 0 <= par < i)):
+            return None
+        o, t, a = nd.get("observation", ""), nd.get("thought", ""), nd.get("action", "")
+        v, tot, e, et = nd.get("visits"), nd.get("total"), nd.get("ends", 0), nd.get("end_total", 0.0)
+        if type(o) is not str or type(t) is not str or type(a) is not str or type(v) is not int or v < 0 \
+                or type(e) is not int or e < 0 or type(tot) not in (float, int) or not tot >= 0.0 \
+                or type(et) not in (float, int) or not et >= 0.0:
+            return None
+        parent.append(-1 if par is None else par)
+        obs.append(o)
+        thought.append(t)
+        action.append(a)
+        visits.append(v)
+        total.append(float(tot))
+        ends.append(e)
+        end_total.append(float(et))
+    tree.parent, tree.observation, tree.thought, tree.action = parent, obs, thought, action
+    tree.visits, tree.total, tree.ends, tree.end_total = visits, total, ends, end_total
+    tree.check_counts()
+    return tree
+
+
 def read_trees(path: str | Path) -> list[Tree]:
     """Trees from a trees JSONL file; a tree whose counts do not add up is a FormatError."""
-    return list(iter_jsonl(path, TreeRecord, Tree.from_record))
+    return list(iter_jsonl(path, TreeRecord, Tree.from_record, fast=_fast_tree))
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:
