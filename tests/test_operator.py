@@ -35,8 +35,9 @@ def shared_store(tmp: Path) -> dict[str, Any]:
 
 def small(tmp: Path, name: str = "small", **spec: Any) -> dict[str, Any]:
     """A five-stage experiment: expert, tokenizer, sft-weak, its evaluation, the report."""
+    kubernetes = {**shared_store(tmp), **spec.pop("kubernetes", {})}
     body = {"weak": {"model": "tiny:weak"}, "strong": {"model": "tiny:strong"}, "methods": ["sft-weak"],
-            "artifacts": f"file://{tmp}/store", "kubernetes": shared_store(tmp), **spec}
+            "artifacts": f"file://{tmp}/store", "kubernetes": kubernetes, **spec}
     return {"apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment", "metadata": {"name": name}, "spec": body}
 
 
