@@ -134,11 +134,15 @@ def wait_stage(kube, name: str, ns: str, stage: str, state: str, operator: Opera
 def wait_phase(kube, name: str, ns: str, phase: str, operator: Operator, timeout: float) -> dict[str, Any]:
     """Wait for the phase; fail at once, with what a person would look at, on the other end or a 403."""
     deadline = time.monotonic() + timeout
+    # a 403 from now on (not one while an earlier test restarted the apiserver and its RBAC cache
+    # was still filling) means the chart's RBAC lacks something
+    since = len(operator.log())
     while time.monotonic() < deadline:
         st = status(kube, name, ns)
         if st.get("phase") == phase:
             return st
-        if st.get("phase") in ("Succeeded", "Failed") or "(403)" in operator.log() or operator.proc.poll() is not None:
+        if st.get("phase") in ("Succeeded", "Failed") or "(403)" in operator.log()[since:] \
+                or operator.proc.poll() is not None:
             break
         time.sleep(1)
     raise AssertionError(f"{name} is {st.get('phase')}, not {phase}: {st}\n{diagnose(kube, ns, operator)}")

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # --verbose is about the operator and kopf; the S3 client's wire-level debugging is not
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
     load_client_config()
     metrics.serve(args.metrics_port)
 

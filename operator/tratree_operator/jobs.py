@@ -100,7 +100,7 @@ def job_manifest(
     its prefix in the store) are passed as ``--input``."""
     k8s = spec.kubernetes
     res = config.resources_for(stage.kind, k8s.stages.get(stage.kind))
-    if not stage.gpu and res.gpus:
+    if not stage.gpu and res.gpus and IMAGE_OF_KIND[stage.kind] != "cpu":
         # a CPU-only stage of a GPU kind (the tokenizer is an "sft" stage): the CPU stages' resources
         cpu = config.resources_for("expert", k8s.stages.get("expert"))
         res = res.model_copy(update={"gpus": 0, "cpu": cpu.cpu, "memory": cpu.memory})
