@@ -10,6 +10,7 @@ real `kubectl` commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -409,6 +411,16 @@ def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env,
     kube.kubectl("-n", ns, "delete", "w2sg", "regression")
 
 
+@contextlib.contextmanager
+def holding(kube, stage: str) -> Iterator[None]:
+    """The node starts no Pod of ``stage`` inside the block (tests act while it is in flight)."""
+    kube.node.held.add(stage)
+    try:
+        yield
+    finally:
+        kube.node.held.discard(stage)
+
+
 def jobs_made(kube, ns: str, experiment_name: str) -> list[str]:
     """The stages of every Job the operator created for an experiment, from the apiserver's audit log
     (Jobs deleted since, or collected by their TTL, still count)."""
@@ -428,22 +440,21 @@ def test_an_operator_killed_again_and_again_mid_run_makes_no_job_twice(kube, ope
     restarted operator picks up where the last left off: each stage's Job was made once."""
     ns = namespace(kube, "killed")
     s3_secret(kube, ns)
-    kube.node.held.add("sft-weak")
     try:
-        kube.apply(experiment("killed", s3_env), "-n", ns)
-        kube.wait_for(lambda: job_of(kube, ns, "killed", "sft-weak"), 300, "the sft-weak Job")
-        for _ in range(4):
+        with holding(kube, "sft-weak"):
+            kube.apply(experiment("killed", s3_env), "-n", ns)
+            kube.wait_for(lambda: job_of(kube, ns, "killed", "sft-weak"), 300, "the sft-weak Job")
+            for _ in range(4):
+                operator.proc.kill()
+                operator.proc.wait()
+                operator.restart()
+                time.sleep(1.5)
             operator.proc.kill()
             operator.proc.wait()
-            operator.restart()
-            time.sleep(1.5)
-        operator.proc.kill()
-        operator.proc.wait()
-        kube.node.held.discard("sft-weak")  # the stage finishes while no operator watches
+        # the stage finishes while no operator watches
         kube.wait_for(lambda: (job_of(kube, ns, "killed", "sft-weak") or {}).get("status", {}).get("succeeded"),
                       300, "sft-weak to finish")
     finally:
-        kube.node.held.discard("sft-weak")
         if operator.proc.poll() is not None:
             operator.restart()
     st = wait_phase(kube, "killed", ns, "Succeeded", operator, 300)
@@ -456,16 +467,13 @@ def test_an_operator_killed_again_and_again_mid_run_makes_no_job_twice(kube, ope
 def test_a_job_deleted_mid_run_is_made_again_as_the_next_attempt(kube, operator, s3_env):
     ns = namespace(kube, "deleted")
     s3_secret(kube, ns)
-    kube.node.held.add("tokenizer")
-    try:
+    with holding(kube, "tokenizer"):
         kube.apply(experiment("deleted", s3_env), "-n", ns)
         job = kube.wait_for(lambda: job_of(kube, ns, "deleted", "tokenizer"), 300, "the tokenizer Job")
         kube.kubectl("-n", ns, "delete", "job", job["metadata"]["name"])
         again = kube.wait_for(lambda: (j := job_of(kube, ns, "deleted", "tokenizer")) and
                               j["metadata"]["uid"] != job["metadata"]["uid"] and j, 120, "the Job to be made again")
         assert again["metadata"]["labels"]["tratree.io/attempt"] == "2"  # the next attempt, not a replay
-    finally:
-        kube.node.held.discard("tokenizer")
     st = wait_phase(kube, "deleted", ns, "Succeeded", operator, 300)
     assert st["stages"]["tokenizer"]["attempts"] == 2
     assert "JobRecreated" in kube.kubectl("-n", ns, "describe", "w2sg", "deleted")
@@ -609,16 +617,13 @@ def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     each is allowed by the rendered ClusterRole, and each rule was used, but the one admission checks."""
     ns = namespace(kube, "rbac")
     s3_secret(kube, ns)
-    kube.node.held.add("eval-sft-weak-s0")
-    try:
+    with holding(kube, "eval-sft-weak-s0"):
         kube.apply(experiment("edited", s3_env), "-n", ns)
         old = kube.wait_for(lambda: job_of(kube, ns, "edited", "eval-sft-weak-s0"), 300, "the evaluation Job")
         kube.kubectl("-n", ns, "patch", "w2sg", "edited", "--type=merge", "-p",
                      '{"spec": {"evaluation": {"temperature": 0.5}}}')
         kube.wait_for(lambda: (j := job_of(kube, ns, "edited", "eval-sft-weak-s0")) and
                       j["metadata"]["uid"] != old["metadata"]["uid"], 120, "the edited stage's new Job")
-    finally:
-        kube.node.held.discard("eval-sft-weak-s0")
     st = wait_phase(kube, "edited", ns, "Succeeded", operator, 300)
     assert st["stages"]["eval-sft-weak-s0"]["state"] == "Succeeded" and st["observedGeneration"] == 2
     assert "StageReplanned" in kube.kubectl("-n", ns, "describe", "w2sg", "edited")

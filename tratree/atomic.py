@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,22 @@ def temp_dir_beside(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())
     return tmp
+
+
+@contextlib.contextmanager
+def directory_written(target: Path) -> Iterator[Path]:
+    """A temp directory beside ``target`` to fill; on clean exit it replaces ``target`` whole, on any
+    exception it is removed and ``target`` is left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(target)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def follow_umask(folder: Path) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tratree.atomic import follow_umask, temp_dir_beside
+from tratree.atomic import directory_written, follow_umask
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -95,9 +94,7 @@ def _fetch(ref: str, target: Path, listing: dict[str, dict[str, Any]]) -> None:
     """Download into a temp directory beside ``target``, record what was fetched, then swap it in."""
     from tratree.artifacts import StoreError, download_prefix, sha256_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(target)
-    try:
+    with directory_written(target) as tmp:
         download_prefix(ref, tmp, list(listing))
         files = {}
         for rel, info in listing.items():
@@ -106,12 +103,6 @@ def _fetch(ref: str, target: Path, listing: dict[str, dict[str, Any]]) -> None:
                 raise StoreError(f"{ref}/{rel}: downloaded {st.st_size} bytes, the store lists {info['size']}")
             files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(tmp / rel)}
         (tmp / _RECORD).write_text(json.dumps({"objects": listing, "files": files}, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_causal_lm(ref: str, dtype: str = "auto", trainable: bool = False) -> tuple[Any, Any]:
@@ -146,18 +137,10 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
     """
     _quiet()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(out)
-    try:
+    with directory_written(out) as tmp:
         if merge_lora and hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         follow_umask(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
