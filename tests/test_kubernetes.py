@@ -539,11 +539,12 @@ def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, ope
     kube.kubectl("-n", ns, "delete", "w2sg", "bare")
 
 
-def test_a_file_store_runs_on_a_volume_every_stage_mounts_and_is_refused_without_one(kube, operator, tmp_path):
+def test_a_file_store_runs_on_a_volume_every_stage_mounts_and_is_refused_without_one(kube, operator, s3_env, tmp_path):
     """Each stage runs in a fresh Pod: the quickstart's file://./artifacts is refused with what to do;
     the same store on a ReadWriteMany claim (bound by the real PV controller) works, and the
     CPU-only tokenizer stage asks for no GPU."""
     ns = namespace(kube, "filestore")
+    s3_secret(kube, ns)  # the stage Pods' default Secret (the chart's store.credentialsSecret)
     local = experiment("local", "unused")
     local["spec"]["artifacts"] = "file://./artifacts"
     kube.apply(local, "-n", ns)
