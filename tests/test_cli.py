@@ -261,3 +261,13 @@ assert not heavy, heavy
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_a_kubeconfig_with_bad_base64_is_one_line(cli, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', "
+        "certificate-authority-data: '!!!notbase64'}}]\nusers: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
+    r = cli("submit", "examples/quickstart.yaml", env={"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no usable Kubernetes configuration" in r.stderr, r.stderr

@@ -35,8 +35,9 @@ def _api() -> tuple[Any, str]:
             config.load_kube_config()
             _, active = config.list_kube_config_contexts()
             namespace = (active or {}).get("context", {}).get("namespace") or namespace
-        except (config.ConfigException, OSError, TypeError) as err:
-            raise SubmitError(f"no Kubernetes configuration: {err}") from None
+        except (config.ConfigException, OSError, TypeError, ValueError) as err:  # ValueError: bad base64 in it
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SubmitError(f"no usable Kubernetes configuration (KUBECONFIG or ~/.kube/config): {detail}") from None
     return client.CustomObjectsApi(), namespace
 
 
@@ -56,6 +57,8 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise SubmitError(f"{what}: {err.status} {message}") from None
     except HTTPError as err:
         raise SubmitError(f"{what}: cannot reach the Kubernetes API: {err}") from None
+    except ValueError as err:  # an answer that is not a Kubernetes API response (a proxy's page, say)
+        raise SubmitError(f"{what}: the API server's answer cannot be read: {str(err)[:200]}") from None
 
 
 def submit(exp: Experiment, namespace: str | None = None) -> tuple[Any, str]:
