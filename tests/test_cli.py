@@ -271,3 +271,15 @@ def test_a_kubeconfig_with_bad_base64_is_one_line(cli, tmp_path):
         "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
     r = cli("submit", "examples/quickstart.yaml", env={"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no usable Kubernetes configuration" in r.stderr, r.stderr
+
+
+def test_the_vllm_backend_where_vllm_is_missing_is_one_line_before_any_stage(cli, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    spec = tmp_path / "x.yaml"
+    spec.write_text("weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\npolicy: {backend: vllm}\n")
+    r = cli("run", str(spec), "--artifacts", f"file://{tmp_path}/store")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs vLLM" in r.stderr, r.stderr
+    assert not (tmp_path / "store").exists()

@@ -172,9 +172,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from tratree import modelref
+    from tratree.policy import backend_problem
     from tratree.run import run_pipeline
 
     exp = _experiment(args.experiment)
+    if problem := backend_problem(exp.spec.policy):
+        raise CLIError(f"{args.experiment}: {problem}")
     for role, ref in (("weak", exp.spec.weak.model), ("strong", exp.spec.strong.model)):
         # before the first stage, not hours into the run
         if why := modelref.problem(ref) or modelref.unreachable(ref):

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from tratree.errors import UserError
 from tratree.policy.base import Backend, GenerationRequest
 from tratree.spec import PolicySpec
 
-__all__ = ["Backend", "GenerationRequest", "make_backend"]
+__all__ = ["Backend", "BackendUnavailable", "GenerationRequest", "backend_problem", "make_backend"]
+
+
+class BackendUnavailable(UserError, RuntimeError):
+    """The spec's generation backend cannot run here; one line saying what to do."""
+
+
+def backend_problem(spec: PolicySpec) -> str | None:
+    """Why the spec's backend cannot run on this machine, or None."""
+    import importlib.util
+
+    if spec.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        return ("policy.backend vllm needs vLLM, which is not installed here (a GPU machine: pip install vllm); "
+                "on a CPU, use backend: transformers")
+    return None
 
 
 def make_backend(spec: PolicySpec, model: str, dtype: str = "auto") -> Backend:
     """The spec's backend for a model directory (or, for ``openai``, a served model name)."""
+    if problem := backend_problem(spec):
+        raise BackendUnavailable(problem)
     if spec.backend == "openai":
         from tratree.policy.openai_backend import OpenAIBackend
 
