@@ -109,6 +109,17 @@ def test_corrupted_artifact_is_detected_and_its_stage_rerun(full_run, mini):
     assert trees.read_bytes() == original  # rebuilt to the same content
 
 
+@pytest.mark.parametrize("manifest", [b'{"files": "nope"}', b"\xff\xfe binary", b'{"files": {"x": 1}, "digest": "d"}'])
+def test_a_malformed_manifest_counts_as_not_done_and_its_stage_runs_again(full_run, mini, manifest):
+    root, outcomes = full_run
+    path = root / outcomes["trees"].manifest["prefix"] / "manifest.json"
+    good = path.read_bytes()
+    path.write_bytes(manifest)
+    again = statuses(run_pipeline(mini.spec, f"file://{root}", only=["mcts"]))
+    assert again["trees"] == "done" and again["explore"] == "cached"  # redone, not a traceback on every run
+    assert json.loads(path.read_bytes())["digest"] == json.loads(good)["digest"]
+
+
 def test_crash_mid_stage_then_resume_gives_the_same_outputs(tmp_path, full_run, mini, monkeypatch):
     _, reference = full_run
     import tratree.episodes as episodes

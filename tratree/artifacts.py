@@ -63,6 +63,17 @@ def scan_dir(root: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _well_formed(manifest: Any) -> bool:
+    """Whether a manifest has what reading and verifying a stage needs; anything else counts as not
+    done (the stage runs again) rather than stopping every later run."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("digest"), str):
+        return False
+    files = manifest.get("files")
+    return isinstance(files, dict) and all(
+        isinstance(info, dict) and isinstance(info.get("sha256"), str) and isinstance(info.get("size"), int)
+        for info in files.values())
+
+
 class Store(ABC):
     """Where artifacts live. Keys are '/'-separated paths below the store's root."""
 
@@ -114,9 +125,9 @@ class Store(ABC):
             return None
         try:
             manifest = json.loads(data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None  # a torn manifest means not done
-        return manifest if isinstance(manifest, dict) and "files" in manifest else None
+        return manifest if _well_formed(manifest) else None  # so is one edited or damaged by hand
 
     def commit(self, local_dir: Path, prefix: str, meta: dict[str, Any]) -> dict[str, Any]:
         """Upload every file of ``local_dir`` under ``prefix``, then the manifest; returns the manifest."""
