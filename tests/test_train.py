@@ -218,3 +218,15 @@ def test_an_s3_model_cache_is_verified_and_refetched_when_broken_or_changed(tmp_
     assert [p.name for p in Path(cache).iterdir()] == [local.name]  # no temp directory left
     with pytest.raises(StoreError, match="no objects under this prefix"):
         resolve(f"s3://{s3_env}/models/none", cache)
+
+
+def test_a_max_length_that_cuts_every_reply_is_refused_before_training(tmp_path, tok, gold):
+    from tratree.train.data import NothingToLearn
+
+    short = TrainingSpec(epochs=1, learning_rate=1e-3, batch_size=4, micro_batch_size=4, max_length=16)
+    with pytest.raises(NothingToLearn, match="maxLength 16 ends every trajectory before its first reply"):
+        train_sft(build_model("weak", tok), tok, gold[0][:2], "textworldexpress", short, tmp_path / "sft")
+    with pytest.raises(NothingToLearn, match="maxLength 16 ends every pair before its first reply"):
+        train_dpo(build_model("weak", tok), tok, two_step_pairs(), "textworldexpress",
+                  DPOTrainingSpec(max_length=16, batch_size=4, micro_batch_size=4), tmp_path / "dpo")
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "dpo").exists()

@@ -8,14 +8,32 @@ the end-of-turn token after it. Everything else (instruction, observations) is m
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tratree.errors import UserError
 from tratree.formats import Pair, Step, Trajectory
 from tratree.policy.prompts import PROMPTS, conversation
 from tratree.react import format_reply
 
 Messages = list[dict[str, str]]
+
+
+class NothingToLearn(UserError, ValueError):
+    """maxLength cuts every example before its first reply: training would learn nothing."""
+
+
+def check_fits(starts: Sequence[int], max_length: int, what: str) -> None:
+    """Refuse training where ``maxLength`` leaves no example a token to learn from (``starts``: where
+    each example's first trained token is); say how many lose everything when some do."""
+    lost = sum(k >= max_length for k in starts)
+    if starts and lost == len(starts):
+        raise NothingToLearn(f"maxLength {max_length} ends every {what} before its first reply (the earliest "
+                             f"reply starts at token {min(starts)}): nothing would be learned; raise maxLength")
+    if lost:
+        print(f"tratree: warning: {lost} of {len(starts)} {what}s have no reply within maxLength {max_length}; "
+              "they teach nothing", file=sys.stderr)
 
 
 class TemplateError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any
 
 from tratree.formats import Pair
 from tratree.spec import DPOTrainingSpec, LoraSpec
-from tratree.train.data import check_same_tokenizer, dpo_example
+from tratree.train.data import check_fits, check_same_tokenizer, dpo_example
 from tratree.train.models import save_model
 from tratree.train.setup import common_args, lora_config, loss_history, quiet
 
@@ -77,7 +77,9 @@ def train_dpo(
     set_seed(seed)
     datasets.disable_progress_bars()  # per-map bars for a few dozen examples are noise
     collator_cls, trainer_cls = _trainer_classes()
-    dataset = Dataset.from_list([dpo_example(tokenizer, env_name, p) for p in pairs])
+    examples = [dpo_example(tokenizer, env_name, p) for p in pairs]
+    check_fits([len(e["prompt_ids"]) for e in examples], training.max_length, "pair")
+    dataset = Dataset.from_list(examples)
     with tempfile.TemporaryDirectory() as work:
         args = DPOConfig(**common_args(training, work, seed), beta=training.beta, precompute_ref_log_probs=True)
         collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=training.max_length)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tratree.formats import Trajectory
 from tratree.spec import LoraSpec, TrainingSpec
-from tratree.train.data import sft_example
+from tratree.train.data import check_fits, sft_example
 from tratree.train.models import save_model
 from tratree.train.setup import common_args, lora_config, loss_history, quiet
 
@@ -34,7 +34,10 @@ def train_sft(
         raise ValueError("SFT needs at least one trajectory")
     set_seed(seed)
     datasets.disable_progress_bars()  # per-map bars for a few dozen examples are noise
-    dataset = Dataset.from_list([sft_example(tokenizer, env_name, t) for t in trajectories])
+    examples = [sft_example(tokenizer, env_name, t) for t in trajectories]
+    check_fits([e["assistant_masks"].index(1) if 1 in e["assistant_masks"] else len(e["assistant_masks"])
+                for e in examples], training.max_length, "trajectory")
+    dataset = Dataset.from_list(examples)
     with tempfile.TemporaryDirectory() as work:
         args = SFTConfig(**common_args(training, work, seed))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
