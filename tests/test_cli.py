@@ -215,6 +215,8 @@ def test_a_binary_file_given_as_jsonl_is_one_line(cli, tmp_path, command):
      "gameParams 'numLocations=1' for "),
     ("{name: textworldexpress, tasks: [cookingworld]}", {"PATH": str(Path(sys.executable).parent), "JAVA_HOME": ""},
      "java is not on PATH"),
+    ("{name: textworldexpress, tasks: [cookingworld]}", {"JAVA_TOOL_OPTIONS": "-Xmx1m"},
+     "TextWorldExpress's JVM did not start (Error occurred during initialization of VM)"),
 ])
 def test_environment_faults_are_one_line(cli, tmp_path, environment, env, message):
     spec = tmp_path / "x.yaml"

@@ -595,6 +595,8 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         code = args.func(args)
     except (CLIError, UserError) as err:
+        # half-started environments complain as they are collected; the line below says it all
+        sys.unraisablehook = lambda _: None
         print(f"tratree: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code or 0

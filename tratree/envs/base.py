@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -63,6 +64,23 @@ class Environment(Protocol):
     def close(self) -> None:
         """Free the instance (its JVM, where it has one)."""
         ...
+
+
+@contextlib.contextmanager
+def jvm_started(name: str) -> Iterator[None]:
+    """EnvironmentUnavailable, one line, when the environment's JVM does not start (too small a
+    heap in JAVA_TOOL_OPTIONS, no memory left): py4j reports it as an unreadable port number."""
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as err:
+        if isinstance(err, EnvironmentUnavailable):
+            raise
+        text = str(err)
+        said = re.search(r"b'([^'\\]*)", text)  # what the JVM printed, as py4j quotes it
+        detail = said.group(1).strip() if said else text.splitlines()[0] if text else ""
+        raise EnvironmentUnavailable(f"{name}'s JVM did not start ({detail or type(err).__name__}); check "
+                                     f"JAVA_TOOL_OPTIONS={os.environ.get('JAVA_TOOL_OPTIONS', '')!r} and free "
+                                     "memory") from None
 
 
 def clamp_score(value: float) -> float:

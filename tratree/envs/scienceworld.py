@@ -21,6 +21,7 @@ from tratree.envs.base import (
     Reset,
     Split,
     jvm_options,
+    jvm_started,
     split_task_id,
 )
 
@@ -47,7 +48,7 @@ class ScienceWorld:
             from scienceworld import ScienceWorldEnv
         except ImportError as err:
             raise EnvironmentUnavailable("ScienceWorld needs `pip install scienceworld` and Java 17") from err
-        with jvm_options(heap):
+        with jvm_options(heap), jvm_started("ScienceWorld"):
             self._env = ScienceWorldEnv("", envStepLimit=MOVE_LIMIT)
         known = list(self._env.get_task_names())
         unknown = [t for t in task_names if t not in known]
