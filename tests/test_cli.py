@@ -141,6 +141,17 @@ def test_import_eto(cli, tmp_path):
     assert r.returncode == 2 and "eto.json:1: missing field 'id'" in r.stderr and not (tmp_path / "new.jsonl").exists()
 
 
+@pytest.mark.parametrize(("environment", "message"), [
+    ("{name: textworldexpress, tasks: [chess]}", "unknown textworldexpress task 'chess' (known: cookingworld"),
+    ("{name: scienceworld, tasks: [alchemy]}", "unknown scienceworld task 'alchemy' (known: boil"),
+])
+def test_validate_checks_task_and_game_names_without_starting_an_environment(cli, tmp_path, environment, message):
+    spec = tmp_path / "x.yaml"
+    spec.write_text(f"weak: {{model: tiny:weak}}\nstrong: {{model: tiny:strong}}\nenvironment: {environment}\n")
+    r = cli("validate", str(spec))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
 def test_validate(cli):
     r = cli("validate", "examples/quickstart.yaml")
     assert r.returncode == 0 and "valid W2SGExperiment 'quickstart'" in r.stdout

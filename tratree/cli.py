@@ -140,7 +140,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(yaml.safe_dump(spec_to_manifest(exp), sort_keys=False), end="")
         return
     from tratree import modelref
+    from tratree.envs.names import unknown_tasks
 
+    if unknown := unknown_tasks(exp.spec.environment):
+        raise CLIError(f"{args.experiment}: spec.environment.tasks: {unknown}")
     for role, ref in (("weak", exp.spec.weak.model), ("strong", exp.spec.strong.model)):
         why = modelref.problem(ref)
         if why:  # a path that may exist only inside a stage image: said, not refused
