@@ -98,6 +98,22 @@ def worker(n: int, mcts_trees: int) -> dict:
     }
 
 
+def wide_root(children: int) -> dict:
+    """TreeDPO pairs of one task whose root has ``children`` one-step episodes (measured in this process)."""
+    from tratree.pairs import tree_pairs
+    from tratree.tree import build_trees
+
+    trajs = [Trajectory.model_construct(task_id="wide", instruction="i", final_observation="", meta={}, success=False,
+                                        score=(i % 11) / 10,
+                                        steps=[Step.model_construct(observation="o", thought="", action=f"a{i}")])
+             for i in range(children)]
+    (tree,) = build_trees(trajs)
+    t0 = time.perf_counter()
+    n = len(tree_pairs(tree))
+    return {"children": children, "pairs": n, "pairs_s": time.perf_counter() - t0,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def whole_commands(n: int = 12_000) -> dict[str, float]:
     """Wall time (best of 3) of `tratree tree build`, `tree stats --json` and `mcts --iterations 100`
     on an n-trajectory file, each as a whole command (interpreter start-up and imports included)."""
@@ -125,9 +141,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 1M-trajectory size")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--wide", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, 2000)))
+        return
+    if args.wide:
+        print(json.dumps(wide_root(args.wide)))
         return
     sizes = [1_000, 10_000, 12_000, 100_000] + ([] if args.quick else [1_000_000])
     from rich.console import Console
@@ -146,6 +166,15 @@ def main() -> None:
         )
     console = Console(width=200)
     console.print(table)
+    wide = Table(title="TreeDPO pairs at one root with many children (maxPairsPerNode 15)")
+    for col in ("children", "pairs", "pairs s", "peak RSS MiB"):
+        wide.add_column(col, justify="right")
+    for children in (5_000, 100_000):
+        out = subprocess.run([sys.executable, __file__, "--wide", str(children)], check=True, capture_output=True,
+                             text=True)
+        r = json.loads(out.stdout)
+        wide.add_row(f"{r['children']:,}", f"{r['pairs']:,}", f"{r['pairs_s']:.3f}", f"{r['peak_rss_mib']:,.0f}")
+    console.print(wide)
     whole = Table(title="whole commands on 12,000 trajectories (best of 3, start-up and imports included)")
     whole.add_column("command")
     whole.add_column("s", justify="right")
