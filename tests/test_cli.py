@@ -249,8 +249,10 @@ def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(t
     spec.write_text("weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\n"
                     "environment: {name: textworldexpress, tasks: [cookingworld], trainTasks: 400}\n")
     for delay in (0.8, 1.1, 1.4, 1.8):  # from the start of main() (interpreter start-up is ~0.2 s)
+        # as from a terminal: a run started in the background (nohup, `&`) inherits SIGINT ignored
         p = subprocess.Popen([sys.executable, "-m", "tratree", "expert", str(spec), "-o", str(tmp_path / "x.jsonl")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
