@@ -30,18 +30,10 @@ def kind(ref: str) -> Kind:
 
 
 def problem(ref: str) -> str | None:
-    """What is wrong with a reference as far as can be seen here; None when nothing is (or nothing
-    can be checked: hub ids and s3:// URIs are only reachable at run time)."""
-    which = kind(ref)
-    if which == "tiny":
-        from tratree.train.tiny import preset_name
-
-        try:
-            preset_name(ref)
-        except ValueError as err:
-            return str(err)
-        return None
-    if which != "local":
+    """What is wrong with a local model directory as far as can be seen here; None when nothing is, or
+    for other references (a ``tiny:`` preset is checked by the spec itself; hub ids and s3:// URIs are
+    reachable only at run time, see ``unreachable``)."""
+    if kind(ref) != "local":
         return None
     path = Path(ref).expanduser()
     if not path.exists():
