@@ -247,13 +247,16 @@ def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(t
 
     spec = tmp_path / "x.yaml"
     spec.write_text("weak: {model: tiny:weak}\nstrong: {model: tiny:strong}\n"
-                    "environment: {name: textworldexpress, tasks: [cookingworld], trainTasks: 400}\n")
+                    "environment: {name: textworldexpress, tasks: [cookingworld], trainTasks: 20000}\n")
+    # 20,000 games keep the command busy far past the last delay even on a fast machine (400 took
+    # under 1.4 s on CI's), so every interrupt lands while it works
     for delay in (0.8, 1.1, 1.4, 1.8):  # from the start of main() (interpreter start-up is ~0.2 s)
         # as from a terminal: a run started in the background (nohup, `&`) inherits SIGINT ignored
         p = subprocess.Popen([sys.executable, "-m", "tratree", "expert", str(spec), "-o", str(tmp_path / "x.jsonl")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
+        assert p.poll() is None, f"the command ended before its interrupt at {delay} s"
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
         assert (p.returncode, err) == (130, "tratree: interrupted\n"), (delay, p.returncode, err[-2000:])
