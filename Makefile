@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup cluster demo test lint bench crds clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(CHROMIUM)
 
 # torch first and pinned: PyPI serves 2.13.0 as its CUDA build (several GB with the nvidia-* wheels;
 # it runs on the CPU too). Measured on this 2-core machine: about 4 minutes for the whole setup.
@@ -18,6 +19,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[all,dev]"
 	$(BIN)/python -m pip check
 	touch $@
+
+# Debian's Chromium, which the browser test drives with Playwright (a test tool's own browser download
+# cannot reach its servers from here). Installed as root, or through sudo where that is how.
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo -E) apt-get install -y -q --no-install-recommends chromium
 
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd for the tests, built from
 # the Go module proxy at the release pinned in cluster/go.mod and cached under ~/.cache/tratree

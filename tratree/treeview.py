@@ -87,6 +87,7 @@ def render_html(tree: Tree, path: list[int] | None = None, title: str | None = N
             "visits": tree.visits[v],
             "ends": tree.ends[v],
             "children": len(kids[v]),
+            "parent": tree.parent[v] if v else -1,
         }
         for v in range(len(tree))
     ]
@@ -105,12 +106,13 @@ def render_html(tree: Tree, path: list[int] | None = None, title: str | None = N
 <style>
 body{{margin:0;font:13px system-ui,sans-serif;color:#222;display:flex;height:100vh}}
 #main{{flex:1;overflow:auto}} #side{{width:360px;border-left:1px solid #ccc;padding:12px;overflow:auto;background:#fafafa}}
-header{{padding:10px 14px;border-bottom:1px solid #ddd}} h1{{font-size:16px;margin:0 0 4px}}
+header{{padding:10px 14px;border-bottom:1px solid #ddd;position:sticky;top:0;left:0;background:#fff;z-index:1}}
+#zoom button{{font:12px system-ui;margin-right:4px}} #path{{color:#555}} h1{{font-size:16px;margin:0 0 4px}}
 .legend span{{margin-right:14px}} .sw{{display:inline-block;width:12px;height:12px;border-radius:6px;vertical-align:middle;margin-right:4px}}
 .edge{{fill:none;stroke:#aaa;stroke-width:1.2}} .epath{{stroke:#1f5fd6;stroke-width:4}}
 .node circle{{stroke:#fff;stroke-width:1.5;cursor:pointer}} .div circle{{stroke:#f39c12;stroke-width:3.5}}
 .npath circle{{stroke:#1f5fd6;stroke-width:3.5}} .root circle{{stroke:#333}}
-.node text{{font-size:11px;fill:#222;pointer-events:none}} .node text.stat{{fill:#777;font-size:10px}}
+.node text{{font-size:11px;fill:#222;pointer-events:none;paint-order:stroke;stroke:#fff;stroke-width:3px}} .node text.stat{{fill:#777;font-size:10px}}
 .sel circle{{stroke:#000!important;stroke-width:4!important}}
 pre{{white-space:pre-wrap;background:#fff;border:1px solid #e3e3e3;padding:6px;margin:4px 0 10px}}
 </style></head><body>
@@ -119,19 +121,30 @@ pre{{white-space:pre-wrap;background:#fff;border:1px solid #e3e3e3;padding:6px;m
 <span><span class="sw" style="background:hsl(120,70%,45%)"></span>value 1</span>
 <span><span class="sw" style="border:3px solid #f39c12"></span>divergence point</span>
 <span><span class="sw" style="background:#1f5fd6"></span>MCTS path e*</span></div>
-<div><b>Instruction:</b> {html.escape(_short(tree.instruction, 400))}</div></header>
-<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}">{"".join(parts)}</svg></div>
+<div><b>Instruction:</b> {html.escape(_short(tree.instruction, 400))}</div>
+<div id="zoom">Zoom <button data-z="0.8">−</button><button data-z="1.25">+</button><button data-z="fit">fit</button><button data-z="1">100%</button></div></header>
+<svg id="tree" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" height="{height:.0f}">{"".join(parts)}</svg></div>
 <div id="side"><b>Click a node</b> to see its step.<div id="detail"></div></div>
 <script>
 const NODES = {payload};
 const esc = s => String(s).replace(/[&<>]/g, c => ({{"&":"&amp;","<":"&lt;",">":"&gt;"}})[c]);
+const svg = document.getElementById("tree"), W = {width:.0f}, H = {height:.0f};
+let scale = 1;
+// zoom by resizing the drawing (its viewBox keeps the picture); "fit" shows the whole tree at once
+document.querySelectorAll("#zoom button").forEach(b => b.addEventListener("click", () => {{
+  const main = document.getElementById("main"), z = b.dataset.z;
+  scale = z === "fit" ? Math.min(main.clientWidth / W, (main.clientHeight - 120) / H, 1) : z === "1" ? 1 : scale * +z;
+  svg.setAttribute("width", W * scale); svg.setAttribute("height", H * scale);
+}}));
+const pathTo = n => {{ const out = []; for (let v = n.id; v > 0; v = NODES[v].parent) out.unshift(NODES[v].action); return out; }};
 document.querySelectorAll("g.node").forEach(g => g.addEventListener("click", () => {{
   document.querySelectorAll("g.sel").forEach(x => x.classList.remove("sel"));
   g.classList.add("sel");
   const n = NODES[+g.dataset.id];
   document.getElementById("detail").innerHTML =
     `<p>node ${{n.id}} · value ${{n.value}} · visits ${{n.visits}} · ends here ${{n.ends}} · children ${{n.children}}</p>` +
-    `<b>Observation</b><pre>${{esc(n.observation)}}</pre><b>Thought</b><pre>${{esc(n.thought)}}</pre>` +
+    `<p id="path">${{n.id ? "Path: " + pathTo(n).map(esc).join(" › ") : "The task"}}</p>` +
+    `<b>${{n.id ? "Observation the action answered" : "Task"}}</b><pre>${{esc(n.observation)}}</pre><b>Thought</b><pre>${{esc(n.thought)}}</pre>` +
     `<b>Action</b><pre>${{esc(n.action)}}</pre>`;
 }}));
 </script></body></html>
