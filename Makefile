@@ -44,6 +44,7 @@ lint: setup
 bench: setup cluster
 	$(BIN)/python bench/tree_mcts.py
 	$(BIN)/python bench/explore.py
+	$(BIN)/python bench/shards.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/operator.py
 	$(BIN)/python bench/operator_kubernetes.py

@@ -328,6 +328,34 @@ def test_a_preempted_pod_is_replaced_without_using_a_retry(kube, operator, s3_en
     kube.kubectl("-n", ns, "delete", "w2sg", "spot")
 
 
+def test_a_sharded_evaluation_is_one_indexed_job_whose_preempted_shard_reruns_alone(kube, operator, s3_env):
+    """evaluation.shards: 2 makes the evaluation one Indexed Job (a Pod per shard, each reading
+    JOB_COMPLETION_INDEX from the Job controller); a shard's preempted Pod is replaced on its own, the
+    finished shard is kept, the last shard merges, and the status shows shards done / total."""
+    ns = namespace(kube, "sharded")
+    s3_secret(kube, ns)
+    split = experiment("split", s3_env, evaluation={"bestOfN": 2, "shards": 2, "parallelism": 1})
+    kube.node.disrupt["eval-sft-weak-s0"] = 1
+    try:
+        kube.apply(split, "-n", ns)
+        st = wait_phase(kube, "split", ns, "Succeeded", operator, 300)
+    finally:
+        kube.node.disrupt.pop("eval-sft-weak-s0", None)
+    entry = st["stages"]["eval-sft-weak-s0"]
+    assert entry["shards"] == "2/2" and entry["attempts"] == 1, entry
+    assert "shards" not in st["stages"]["sft-weak"]
+    job = job_of(kube, ns, "split", "eval-sft-weak-s0")
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 1)
+    pods = kube.list("pods", ns, "tratree.io/experiment=split,tratree.io/stage=eval-sft-weak-s0")
+    index = "batch.kubernetes.io/job-completion-index"
+    ran = sorted((p["metadata"]["annotations"][index], p["status"]["phase"]) for p in pods)
+    assert ran in ([("0", "Failed"), ("0", "Succeeded"), ("1", "Succeeded")],
+                   [("0", "Succeeded"), ("1", "Failed"), ("1", "Succeeded")]), ran
+    logs = "".join(v for k, v in kube.node.logs.items() if "eval-sft-weak-s0" in k)
+    assert "waiting for shard(s)" in logs and "eval-sft-weak-s0: done" in logs, logs[-2000:]
+    kube.kubectl("-n", ns, "delete", "w2sg", "split")
+
+
 def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothing(kube, operator, s3_env):
     """The apiserver goes away mid-run and etcd's history is compacted meanwhile, so every watch
     resumes from a resource version that is gone: kopf restarts its streams (410 Gone), and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -174,6 +175,50 @@ def test_s3_store_gives_the_same_digests(full_run, mini, s3_env):
     again = statuses(run_pipeline(mini.spec, store, only=["mcts"]))
     assert again["trees"] == "done" and again["explore"] == "cached" and again["mcts"] == "cached"
     assert s3.client.get_object(Bucket=s3_env, Key=key)["Body"].read() == body
+
+
+SHARDED = ["explore", "strong-explore-s0", "eval-sft-weak-s0", "eval-best-of-n-s0"]
+
+
+@pytest.mark.parametrize("shards", [3, 8])
+def test_sharded_acting_stages_merge_to_the_unsharded_bytes(tmp_path, full_run, mini, shards):
+    """Exploration and evaluation split into 3 or 8 shards (8 is more than the 4 training tasks: some
+    shards are empty) give the same bytes as one run, shard by shard as Indexed Job Pods run them."""
+    root, reference = full_run
+    store = tmp_path / "store"
+    shutil.copytree(root, store)
+    for name in SHARDED:
+        shutil.rmtree(store / "stages" / name)
+    body = mini.spec.model_dump(mode="json", by_alias=True)
+    body["exploration"]["shards"] = body["evaluation"]["shards"] = shards
+    spec = parse_experiment(body).spec
+    assert {s.name: s.shards for s in plan(spec) if s.name in SHARDED} == dict.fromkeys(SHARDED, shards)
+
+    # the weak model's exploration as its Pods run it: each shard alone, the last one merges
+    for index in reversed(range(shards)):
+        outcome = run_stage(spec, "explore", f"file://{store}", shard=index)
+        if index:
+            assert outcome.status.startswith(f"shard {index} done; waiting for shard(s) 0"), outcome.status
+            assert outcome.manifest == {}
+    assert outcome.status == "done" and outcome.manifest["shards"] == shards
+    assert outcome.manifest["digest"] == reference["explore"].manifest["digest"]
+    prefix = outcome.manifest["prefix"]
+    assert sorted(p.name for p in (store / f"{prefix}.shards" / str(shards)).iterdir() if p.is_dir()) == [
+        str(i) for i in range(shards)]
+    assert run_stage(spec, "explore", f"file://{store}", shard=0).status == "cached"
+
+    # the rest in turn, as `tratree run` does
+    outcomes = {o.stage: o for o in run_pipeline(spec, f"file://{store}", only=SHARDED)}
+    for name in SHARDED:
+        assert outcomes[name].manifest["digest"] == reference[name].manifest["digest"], name
+    assert outcomes["eval-best-of-n-s0"].status == "done"
+    metrics = json.loads((store / outcomes["eval-sft-weak-s0"].manifest["prefix"] / "metrics.json").read_text())
+    assert metrics["training"]["steps"] > 0  # the model's training record came through the shards
+
+
+def test_a_shard_that_does_not_exist_is_one_line(cli, tmp_path):
+    r = cli("stage", "explore", "--spec", str(MINI), "--artifacts", f"file://{tmp_path}", "--shard", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_stage_command_needs_its_inputs(cli, tmp_path):

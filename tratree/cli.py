@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +24,20 @@ class CLIError(Exception):
     """A user error the CLI reports in one line with exit status 2."""
 
 
+def _trajectory_model():
+    """The pydantic model of a trajectory, for the lines the fast reader leaves to it."""
+    from tratree.formats import Trajectory
+
+    return Trajectory
+
+
 def _read_trajectories_or_trees(path: str):
     """Trees from a trees file, or built (exact match) from a trajectories file."""
-    from tratree.formats import Trajectory, iter_jsonl, record_kind, trajectory_view
+    from tratree.records import iter_jsonl, record_kind, trajectory_view
     from tratree.tree import build_trees, read_trees
 
     if record_kind(path) == "trajectory":
-        return build_trees(iter_jsonl(path, Trajectory, fast=trajectory_view))
+        return build_trees(iter_jsonl(path, _trajectory_model, fast=trajectory_view))
     return read_trees(path)
 
 
@@ -42,8 +50,8 @@ def cmd_import_eto(args: argparse.Namespace) -> None:
 
 
 def cmd_tree_build(args: argparse.Namespace) -> None:
-    from tratree.formats import Trajectory, iter_jsonl, trajectory_view
     from tratree.progress import track
+    from tratree.records import iter_jsonl, trajectory_view
     from tratree.tree import build_trees, summarize
 
     embed = None
@@ -51,7 +59,7 @@ def cmd_tree_build(args: argparse.Namespace) -> None:
         from tratree.embeddings import load_embedder
 
         embed = load_embedder(args.embedding_model, show_progress=sys.stderr.isatty())
-    trajectories = track(iter_jsonl(args.trajectories, Trajectory, fast=trajectory_view), "building trees")
+    trajectories = track(iter_jsonl(args.trajectories, _trajectory_model, fast=trajectory_view), "building trees")
     trees = build_trees(trajectories, similarity=args.similarity, embed=embed)
     _write_lines(args.output, (t.to_json() for t in trees))
     s = summarize(trees)
@@ -227,7 +235,10 @@ def cmd_stage(args: argparse.Namespace) -> None:
             if not sep or not name or not prefix:
                 raise CLIError(f"--input: {item!r} is not STAGE=PREFIX")
             inputs[name] = prefix
-    outcome = run_stage(exp.spec, args.name, args.artifacts, inputs)
+    shard = args.shard
+    if shard is None and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
+        shard = int(os.environ["JOB_COMPLETION_INDEX"])  # a Pod of an Indexed Job: its shard
+    outcome = run_stage(exp.spec, args.name, args.artifacts, inputs, shard)
     print(f"{args.name}: {outcome.status} ({outcome.key}) in {outcome.seconds:.1f}s", file=sys.stderr)
 
 
@@ -520,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--artifacts", help="store URI (default: the spec's artifacts)")
     sp.add_argument("--input", action="append", metavar="STAGE=PREFIX",
                     help="where an input stage's outputs are in the store (repeat for each; the operator passes them)")
+    sp.add_argument("--shard", type=_non_negative_int, metavar="K",
+                    help="run shard K of a sharded stage (default: $JOB_COMPLETION_INDEX in an Indexed Job's Pod, "
+                         "else every shard in turn); the run that finds every shard done merges them")
 
     sp = add(sub, "expert", cmd_expert, "gold trajectories of the experiment's environment")
     sp.add_argument("experiment")

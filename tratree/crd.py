@@ -27,6 +27,7 @@ STAGE_STATUS = {
         "attempts": {"type": "integer"},
         "retryBase": {"type": "integer"},
         "message": {"type": "string"},
+        "shards": {"type": "string", "description": "a sharded stage's shards done / total"},
     },
 }
 

@@ -151,3 +151,35 @@ def dump_json(path: str | Path, data: dict) -> None:
     with atomic_write(path) as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+
+
+def shard_slice(episodes: list[Episode], shard: tuple[int, int] | None) -> list[Episode]:
+    """Shard ``(index, count)``'s episodes: those of every count-th task (in order of first appearance)
+    from ``index`` on, so a task's samples stay together and shards get tasks from the whole list."""
+    if shard is None:
+        return episodes
+    index, count = shard
+    position: dict[str, int] = {}
+    for ep in episodes:
+        position.setdefault(ep.task_id, len(position))
+    return [ep for ep in episodes if position[ep.task_id] % count == index]
+
+
+def merge_shards(episodes: list[Episode], parts: list[list[Trajectory]]) -> list[Trajectory]:
+    """The shards' trajectories in ``episodes``' order: exactly one per episode, with its episode's
+    sampling settings, else ValueError naming the first episode that is missing, repeated or foreign."""
+    wanted = {(ep.task_id, ep.meta.get("sample", 0)): ep for ep in episodes}
+    found: dict[tuple[str, int], Trajectory] = {}
+    for part in parts:
+        for traj in part:
+            key = episode_key(traj.meta, traj.task_id)
+            ep = wanted.get(key)
+            if ep is None or not _same_sampling(traj, ep):
+                raise ValueError(f"task {key[0]!r} sample {key[1]} is not one of its episodes")
+            if key in found:
+                raise ValueError(f"task {key[0]!r} sample {key[1]} comes twice")
+            found[key] = traj
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise ValueError(f"task {missing[0][0]!r} sample {missing[0][1]} is missing ({len(missing)} episodes in all)")
+    return [found[k] for k in wanted]

@@ -6,24 +6,23 @@ writer is atomic (see :mod:`tratree.atomic`), so a failed run leaves no partial 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tratree.atomic import atomic_write
-from tratree.errors import UserError
 from tratree.react import parse_reply
-
-TREE_FORMAT = 1
-
-
-class FormatError(UserError, ValueError):
-    """A malformed input file; the message is one line: ``FILE:LINE: what is wrong``."""
+from tratree.records import TREE_FORMAT as TREE_FORMAT
+from tratree.records import FormatError as FormatError
+from tratree.records import StepView as StepView
+from tratree.records import TrajectoryView as TrajectoryView
+from tratree.records import iter_jsonl as iter_jsonl
+from tratree.records import record_kind as record_kind
+from tratree.records import trajectory_view as trajectory_view
+from tratree.records import validation_message
 
 
 class Record(BaseModel):
@@ -118,106 +117,6 @@ class PathRecord(Record):
 R = TypeVar("R", bound=BaseModel)
 
 
-def _validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
-    if first["type"] == "json_invalid":
-        detail = re.sub(r" at line \d+ column \d+$", "", (first.get("ctx") or {}).get("error", "parse error"))
-        return f"not valid JSON ({detail})"
-    loc = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "missing":
-        return f"missing field '{loc}'"
-    if first["type"] == "extra_forbidden":
-        return f"unknown field '{loc}'"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
-_TRAJECTORY_KEYS = frozenset(("task_id", "instruction", "steps", "final_observation", "score", "success", "meta"))
-_STEP_KEYS = frozenset(("observation", "thought", "action"))
-
-
-class StepView(NamedTuple):
-    """A step read for building trees, without a pydantic object per step."""
-
-    observation: str
-    thought: str
-    action: str
-
-
-class TrajectoryView(NamedTuple):
-    """A trajectory read for building trees: what ``Trajectory`` holds, as a plain tuple."""
-
-    task_id: str
-    instruction: str
-    steps: list[StepView]
-    final_observation: str
-    score: float
-    success: bool
-    meta: dict[str, Any]
-
-
-def trajectory_view(d: Any) -> TrajectoryView | None:
-    """The view of an already parsed line when it is plainly a valid trajectory (exact types, no
-    coercion needed); None leaves the line to pydantic, which accepts what it may coerce, or says
-    what is wrong. The tree commands read trajectories this way: per-step pydantic objects were
-    most of their time."""
-    if type(d) is not dict or not d.keys() <= _TRAJECTORY_KEYS:
-        return None
-    task, instruction, score, steps = d.get("task_id"), d.get("instruction"), d.get("score"), d.get("steps")
-    if type(task) is not str or not task or type(instruction) is not str or type(steps) is not list or not steps:
-        return None
-    if type(score) not in (float, int) or not 0.0 <= score <= 1.0:
-        return None
-    success, final, meta = d.get("success", score >= 1.0), d.get("final_observation", ""), d.get("meta", {})
-    if type(success) is not bool or type(final) is not str or type(meta) is not dict:
-        return None
-    views = []
-    for st in steps:
-        if type(st) is not dict or not st.keys() <= _STEP_KEYS:
-            return None
-        obs, action, thought = st.get("observation"), st.get("action"), st.get("thought", "")
-        if type(obs) is not str or type(action) is not str or type(thought) is not str:
-            return None
-        views.append(StepView(obs, thought, action))
-    return TrajectoryView(task, instruction, views, final, float(score), success, meta)
-
-
-def iter_jsonl(
-    path: str | Path, model: type[R], convert: Callable[[R], Any] | None = None,
-    fast: Callable[[Any], Any] | None = None,
-) -> Iterator[Any]:
-    """Stream validated records from a JSONL file; blank lines are skipped.
-
-    ``convert`` turns each record into another object; a ValueError it raises becomes a
-    FormatError naming the line. ``fast`` takes a line parsed by orjson and returns the finished
-    item when the line is plainly valid, or None to leave it to pydantic (and its messages).
-    """
-    import orjson
-
-    path = Path(path)
-    try:
-        fh = path.open("rb")
-    except OSError as err:
-        raise FormatError(f"{path}: cannot read: {err.strerror}") from None
-    with fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = None
-                if fast is not None:
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        item = fast(orjson.loads(line))
-                if item is None:
-                    rec = model.model_validate_json(line)
-                    item = convert(rec) if convert else rec
-            except ValidationError as err:
-                raise FormatError(f"{path}:{lineno}: {_validation_message(err)}") from None
-            except ValueError as err:
-                raise FormatError(f"{path}:{lineno}: {err}") from None
-            yield item
-
-
 def read_jsonl(path: str | Path, model: type[R]) -> list[R]:
     """All validated records of a JSONL file."""
     return list(iter_jsonl(path, model))
@@ -235,33 +134,6 @@ def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict[str, Any]])
             fh.write("\n")
             n += 1
     return n
-
-
-def record_kind(path: str | Path) -> Literal["trajectory", "tree", "empty"]:
-    """Whether a JSONL file holds trajectories or trees, judged by its first record."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise FormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                except UnicodeDecodeError:
-                    raise FormatError(f"{path}:{lineno}: not UTF-8 text (is it a JSONL file?)") from None
-                if isinstance(first, dict) and "nodes" in first:
-                    return "tree"
-                return "trajectory"
-    except OSError as err:
-        raise FormatError(f"{path}: cannot read: {err.strerror}") from None
-    return "empty"
-
-
-# --- ETO / TraTree "conversations" import -------------------------------------------------
-
-_OBS_PREFIX = "Observation:"
 
 
 def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
@@ -304,6 +176,11 @@ def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             return
         else:
             raise FormatError(f"{path}:{line_of(i)}: expected ',' or ']' in the list")
+
+
+# --- ETO / TraTree "conversations" import -------------------------------------------------
+
+_OBS_PREFIX = "Observation:"
 
 
 def _strip_observation(text: str) -> str:
@@ -366,7 +243,6 @@ def read_eto(path: str | Path) -> list[Trajectory]:
     for lineno, item in _iter_json_array(text, path):
         try:
             out.append(_conversation_to_trajectory(item))
-        except (ValueError, ValidationError) as err:
-            msg = _validation_message(err) if isinstance(err, ValidationError) else str(err)
-            raise FormatError(f"{path}:{lineno}: {msg}") from None
+        except ValueError as err:  # pydantic's ValidationError is one
+            raise FormatError(f"{path}:{lineno}: {validation_message(err)}") from None
     return out

@@ -35,6 +35,8 @@ class Stage:
     inputs: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     gpu: bool = False
+    shards: int = 1  # an acting stage split into this many slices of its tasks (not part of its key)
+    parallelism: int | None = None
 
     def prefix(self, key: str) -> str:
         """Where its outputs live in the store."""
@@ -99,6 +101,14 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True) if model is not None else None
 
 
+# How a stage is split across Pods does not change what it makes, so it stays out of its key.
+_SHARDING = {"shards", "parallelism"}
+
+
+def _dump_acting(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in _dump(model).items() if k not in _SHARDING}
+
+
 def plan(spec: ExperimentSpec) -> list[Stage]:
     """The stages the spec's methods need, in an order where every input comes first."""
     methods = set(spec.methods)
@@ -108,8 +118,10 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     tok = ("tokenizer",) if tiny else ()
     stages: dict[str, Stage] = {}
 
-    def add(name: str, action: str, kind: StageKind, inputs: tuple[str, ...], gpu: bool = False, **params: Any) -> str:
-        stages[name] = Stage(name, action, kind, inputs, params, gpu)
+    def add(name: str, action: str, kind: StageKind, inputs: tuple[str, ...], gpu: bool = False,
+            split: Any = None, **params: Any) -> str:
+        shards, parallelism = (split.shards, split.parallelism) if split is not None else (1, None)
+        stages[name] = Stage(name, action, kind, inputs, params, gpu, shards, parallelism)
         return name
 
     def sft(name: str, data: str, seed: int, data_stage: str) -> str:
@@ -120,8 +132,8 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     example = ("expert",) if spec.environment.icl_example else ()
 
     def evaluate(method: str, model_stage: str, seed: int, best_of: int | None = None) -> None:
-        add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage, *example), True, env=env, policy=policy,
-            evaluation=_dump(spec.evaluation), best_of=best_of, method=method, seed=seed)
+        add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage, *example), True, spec.evaluation, env=env,
+            policy=policy, evaluation=_dump_acting(spec.evaluation), best_of=best_of, method=method, seed=seed)
 
     add("expert", "expert", "expert", (), env=env, expert=_dump(spec.expert))
     if tiny:
@@ -131,8 +143,9 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         add("sft-weak", "sft", "sft", ("expert", *tok), True, model=_dump(spec.weak), data="expert", seed=0,
             training=_dump(spec.weak.sft or spec.training.sft), env=spec.environment.name)
     if methods & set(W2SG_METHODS):
-        add("explore", "explore", "explore", ("sft-weak", *example), True, env=env, policy=policy,
-            exploration=_dump(spec.exploration), policy_name="sft-weak", samples=spec.exploration.trajectories_per_task)
+        add("explore", "explore", "explore", ("sft-weak", *example), True, spec.exploration, env=env, policy=policy,
+            exploration=_dump_acting(spec.exploration), policy_name="sft-weak",
+            samples=spec.exploration.trajectories_per_task)
         add("trees", "trees", "trees", ("explore",), tree=_dump(spec.tree))
     if "w2s-treedpo" in methods:
         add("pairs", "pairs", "trees", ("trees",), mode="tree", treeDpo=_dump(spec.tree_dpo))
@@ -164,8 +177,9 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
                     evaluate(method, name, seed)
         if methods & {"eto", "ceiling"}:
             # ETO pairs one own trajectory per task with the expert's
-            own = add(f"strong-explore-s{seed}", "explore", "explore", (base, *example), True, env=env, policy=policy,
-                      exploration=_dump(spec.exploration), policy_name=f"sft-strong-s{seed}", samples=1)
+            own = add(f"strong-explore-s{seed}", "explore", "explore", (base, *example), True, spec.exploration,
+                      env=env, policy=policy, exploration=_dump_acting(spec.exploration),
+                      policy_name=f"sft-strong-s{seed}", samples=1)
             for method in ("eto", "ceiling"):
                 if method in methods:
                     name = add(f"{method}-s{seed}", "dpo", "dpo", (base, own, "expert"), True, training=dpo,

@@ -40,9 +40,8 @@ def work_root() -> Path:
     return Path(os.environ.get("TRATREE_WORK", Path.home() / ".cache" / "tratree" / "work"))
 
 
-def _done(store: Store, stage: Stage, key: str) -> dict[str, Any] | None:
-    """The stage's manifest if it is done and its files are intact; a corrupted one is invalidated."""
-    prefix = stage.prefix(key)
+def _done(store: Store, prefix: str) -> dict[str, Any] | None:
+    """The manifest at ``prefix`` if it is done and its files are intact; a corrupted one is invalidated."""
     manifest = store.read_manifest(prefix)
     if manifest is None:
         return None
@@ -52,6 +51,11 @@ def _done(store: Store, stage: Stage, key: str) -> dict[str, Any] | None:
         store.invalidate(prefix)
         return None
     return manifest
+
+
+def shard_prefix(stage: Stage, key: str, index: int) -> str:
+    """Where shard ``index`` of a sharded stage keeps its outputs: beside the stage's own, by shard count."""
+    return f"{stage.prefix(key)}.shards/{stage.shards}/{index}"
 
 
 def done_manifests(
@@ -84,20 +88,40 @@ def stage_key(store: Store, stages: dict[str, Stage], stage: Stage) -> tuple[str
     return cache_key(stage, {n: m["digest"] for n, m in inputs.items()}), inputs
 
 
-def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]]) -> StageOutcome:
-    """Run one stage whose inputs are done and commit its outputs; cached if already done."""
+def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]],
+            shard: int | None = None) -> StageOutcome:
+    """Run one stage whose inputs are done and commit its outputs; cached if already done.
 
+    A sharded stage runs ``shard`` alone (a Pod of its Indexed Job) or, without one, every shard in
+    turn; whichever run finds every shard done merges them into the stage's outputs (the merge is
+    deterministic, so two runs that both merge write the same bytes).
+    """
     from tratree.lease import held
 
     t0 = time.monotonic()
-    manifest = _done(store, stage, key)
+    prefix = stage.prefix(key)
+    manifest = _done(store, prefix)
     if manifest is not None:
         return StageOutcome(stage.name, "cached", key, manifest, time.monotonic() - t0)
-    prefix = stage.prefix(key)
+    if shard is not None and not 0 <= shard < stage.shards:
+        raise StageNotReady(f"stage {stage.name} has {stage.shards} shard(s); there is no shard {shard}")
+    if stage.shards > 1:
+        for index in range(stage.shards) if shard is None else (shard,):
+            sp = shard_prefix(stage, key, index)
+            if _done(store, sp) is None:
+                with held(store, f"{sp}.lease", lambda sp=sp: _done(store, sp) is not None,
+                          f"stage {stage.name} shard {index}") as lease:
+                    if lease is not None:
+                        _run_into(store, spec, stage, key, inputs, sp, shard=index)
+        shards = [_done(store, shard_prefix(stage, key, i)) for i in range(stage.shards)]
+        waiting = [i for i, m in enumerate(shards) if m is None]
+        if waiting:
+            return StageOutcome(stage.name, f"shard {shard} done; waiting for shard(s) "
+                                f"{', '.join(map(str, waiting))} before the merge", key, {}, time.monotonic() - t0)
     found: list[dict[str, Any]] = []
 
     def done_meanwhile() -> bool:
-        m = _done(store, stage, key)
+        m = _done(store, prefix)
         if m is not None:
             found.append(m)
         return m is not None
@@ -105,27 +129,44 @@ def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: 
     with held(store, f"{prefix}.lease", done_meanwhile, f"stage {stage.name}") as lease:
         if lease is None:  # another runner made it while this one waited
             return StageOutcome(stage.name, "cached", key, found[0], time.monotonic() - t0)
-        return _execute_held(store, spec, stage, key, inputs, t0)
+        if stage.shards > 1:
+            manifest = _run_into(store, spec, stage, key, inputs, prefix, merge=True)
+        else:
+            manifest = _run_into(store, spec, stage, key, inputs, prefix)
+        return StageOutcome(stage.name, "done", key, manifest, time.monotonic() - t0)
 
 
-def _execute_held(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]],
-                  t0: float) -> StageOutcome:
+def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: dict[str, dict[str, Any]],
+              prefix: str, shard: int | None = None, merge: bool = False) -> dict[str, Any]:
+    """Run the stage's code (one shard of it, or the merge of its shards) and commit what it writes at
+    ``prefix``, manifest last."""
     from tratree.stages import StageContext, action
 
-    prefix = stage.prefix(key)
-    work = work_root() / stage.name / key
+    work = work_root() / stage.name / key / ("merge" if merge else "all" if shard is None else f"shard-{shard}")
     local_inputs = {}
-    for name, m in inputs.items():
-        dep_prefix = m["prefix"]
-        try:
-            local_inputs[name] = store.fetch(dep_prefix, m, work_root() / "inputs" / dep_prefix)
-        except StoreError:
-            store.invalidate(dep_prefix)  # found corrupted: it reruns on the next plan
-            raise
+    merged_from = None
+    if merge:  # a merge reads the shards' outputs, not the stage's inputs (a model need not be fetched)
+        merged_from = []
+        for index in range(stage.shards):
+            sp = shard_prefix(stage, key, index)
+            m = _done(store, sp)
+            if m is None:
+                raise StoreError(f"stage {stage.name}: shard {index} at {store.url(sp)} vanished before the merge")
+            merged_from.append(store.fetch(sp, m, work_root() / "inputs" / sp))
+    else:
+        for name, m in inputs.items():
+            dep_prefix = m["prefix"]
+            try:
+                local_inputs[name] = store.fetch(dep_prefix, m, work_root() / "inputs" / dep_prefix)
+            except StoreError:
+                store.invalidate(dep_prefix)  # found corrupted: it reruns on the next plan
+                raise
     out = store.local_path(prefix) or work
     clear_stale(out)
     started = time.time()
-    summary = action(stage.action)(StageContext(spec, stage, local_inputs, out))
+    ctx = StageContext(spec, stage, local_inputs, out,
+                       shard=(shard, stage.shards) if shard is not None else None, merge_from=merged_from)
+    summary = action(stage.action)(ctx)
     meta = {
         "stage": stage.name,
         "action": stage.action,
@@ -139,10 +180,14 @@ def _execute_held(store: Store, spec: ExperimentSpec, stage: Stage, key: str, in
         "seconds": time.time() - started,
         "summary": summary,
     }
+    if shard is not None:
+        meta["shard"] = [shard, stage.shards]
+    if merge:
+        meta["shards"] = stage.shards
     manifest = store.commit(out, prefix, meta)
     if out == work:
         shutil.rmtree(work, ignore_errors=True)
-    return StageOutcome(stage.name, "done", key, manifest, time.monotonic() - t0)
+    return manifest
 
 
 def clear_stale(out: Path) -> None:
@@ -178,9 +223,10 @@ def given_inputs(store: Store, stage: Stage, prefixes: dict[str, str]) -> tuple[
 
 
 def run_stage(spec: ExperimentSpec, name: str, store_uri: str | None = None,
-              inputs: dict[str, str] | None = None) -> StageOutcome:
-    """``tratree stage NAME``: run one stage of the spec's graph against the store. Its inputs are
-    where ``inputs`` says (stage name -> prefix in the store), or found by their cache keys."""
+              inputs: dict[str, str] | None = None, shard: int | None = None) -> StageOutcome:
+    """``tratree stage NAME``: run one stage of the spec's graph against the store (one ``shard`` of a
+    sharded stage). Its inputs are where ``inputs`` says (stage name -> prefix in the store), or
+    found by their cache keys."""
     stages = {s.name: s for s in plan(spec)}
     if name not in stages:
         raise UnknownStage(f"unknown stage {name!r} (stages: {', '.join(stages)})")
@@ -189,7 +235,7 @@ def run_stage(spec: ExperimentSpec, name: str, store_uri: str | None = None,
         key, found = given_inputs(store, stages[name], inputs)
     else:
         key, found = stage_key(store, stages, stages[name])
-    return execute(store, spec, stages[name], key, found)
+    return execute(store, spec, stages[name], key, found, shard)
 
 
 def run_pipeline(

@@ -17,11 +17,14 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tratree.formats import TREE_FORMAT, Step, Trajectory, TreeRecord, iter_jsonl
+from tratree.records import TREE_FORMAT, iter_jsonl
+
+if TYPE_CHECKING:
+    from tratree.formats import Step, Trajectory, TreeRecord
 
 # (texts) -> L2-normalised embedding matrix, one row per text (numpy array)
 Embedder = Callable[[list[str]], Any]
@@ -188,13 +191,14 @@ class Tree:
 
     def step(self, v: int) -> Step:
         """The execution step of node v."""
-        return Step.model_construct(
-            observation=self.observation[v], thought=self.thought[v], action=self.action[v]
-        )
+        return self.steps((v,))[0]
 
     def steps(self, nodes: Iterable[int]) -> list[Step]:
         """The execution steps of a sequence of nodes."""
-        return [self.step(v) for v in nodes]
+        from tratree.formats import Step
+
+        return [Step.model_construct(observation=self.observation[v], thought=self.thought[v], action=self.action[v])
+                for v in nodes]
 
     def end_value(self, v: int) -> float:
         """Mean score of the trajectories that end exactly at node v (0 when none does)."""
@@ -498,7 +502,13 @@ def _fast_tree(d: Any) -> Tree | None:
 
 def read_trees(path: str | Path) -> list[Tree]:
     """Trees from a trees JSONL file; a tree whose counts do not add up is a FormatError."""
-    return list(iter_jsonl(path, TreeRecord, Tree.from_record, fast=_fast_tree))
+    return list(iter_jsonl(path, _tree_record, Tree.from_record, fast=_fast_tree))
+
+
+def _tree_record() -> type[TreeRecord]:
+    from tratree.formats import TreeRecord
+
+    return TreeRecord
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:

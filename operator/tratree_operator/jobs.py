@@ -175,6 +175,13 @@ def job_manifest(
         "podFailurePolicy": POD_FAILURE_POLICY,
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
+    if stage.shards > 1:
+        # one Pod per shard, reading its index from JOB_COMPLETION_INDEX; a failed or preempted shard
+        # is retried alone, the finished ones are kept (in the store too)
+        del job_spec["backoffLimit"]
+        job_spec.update(completionMode="Indexed", completions=stage.shards,
+                        parallelism=min(stage.parallelism or stage.shards, stage.shards),
+                        backoffLimitPerIndex=res.backoff_limit)
     if res.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
     if k8s.ttl_seconds_after_finished is not None:

@@ -87,6 +87,7 @@ class JobView:
     deleting: bool
     stuck: tuple[str, str] | None = None  # (since, why): its Pod cannot start
     exit: str = ""  # its last Pod's exit code and termination message
+    shards: str = ""  # an Indexed Job's shards done / total
 
     @classmethod
     def of(cls, job: dict[str, Any], pods: list[dict[str, Any]] = ()) -> JobView:  # type: ignore[assignment]
@@ -108,9 +109,12 @@ class JobView:
         mine = [p for p in pods if any(o.get("uid") == meta.get("uid") for o in p["metadata"].get("ownerReferences") or [])]
         newest = max(mine, key=lambda p: p["metadata"].get("creationTimestamp") or "") if mine else None
         stuck, exit_text = _pod_trouble(newest) if newest else (None, "")
+        spec = job.get("spec") or {}
+        shards = (f"{status.get('succeeded') or 0}/{spec.get('completions')}"
+                  if spec.get("completionMode") == "Indexed" else "")
         return cls(meta["name"], labels.get(LABEL_STAGE, ""), (meta.get("annotations") or {}).get(ANNOTATION_KEY, ""),
                    attempt, outcome, status.get("startTime"), finish, message, bool(meta.get("deletionTimestamp")),
-                   stuck, exit_text)
+                   stuck, exit_text, shards)
 
 
 # Waiting reasons of a container that will not start by itself
@@ -205,7 +209,7 @@ def _stage_entry(prev: dict[str, Any], key: str) -> dict[str, Any]:
     entry = {"state": "Pending", "key": key, "attempts": 0}
     if prev.get("key") == key:
         entry.update({k: v for k, v in prev.items() if k in ("state", "job", "startTime", "finishTime", "attempts",
-                                                               "message", "retryBase")})
+                                                               "message", "retryBase", "shards")})
     return entry
 
 
@@ -451,6 +455,8 @@ def _from_job(entry: dict[str, Any], job: JobView, stage: Stage, spec: Experimen
     entry["attempts"] = max(entry["attempts"], job.attempt)
     entry["job"] = job.name
     entry["startTime"] = job.start or entry.get("startTime") or timestamp(now)
+    if job.shards:
+        entry["shards"] = job.shards
     if job.outcome == "Running":
         entry["state"] = "Running"
         if job.stuck:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,8 +277,13 @@ class NodeAgent:
                 env[var.name] = read("configmap", ref.name, bool(ref.optional)).get(ref.key, "")
             elif var.value_from and var.value_from.field_ref:
                 path = var.value_from.field_ref.field_path
-                env[var.name] = {"metadata.name": pod.metadata.name, "metadata.namespace": ns,
-                                 "spec.nodeName": self.name}.get(path, "")
+                # the downward API: what the Job controller gives an Indexed Job's Pods (JOB_COMPLETION_INDEX)
+                found = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+                if found:
+                    env[var.name] = (getattr(pod.metadata, found[1]) or {}).get(found[2], "")
+                else:
+                    env[var.name] = {"metadata.name": pod.metadata.name, "metadata.namespace": ns,
+                                     "spec.nodeName": self.name}.get(path, "")
         return env
 
     def _start(self, pod: Any, key: str) -> None:

@@ -19,12 +19,15 @@ class StageError(UserError, RuntimeError):
 
 @dataclass
 class StageContext:
-    """What a stage's code gets: the spec, its stage, its inputs' directories and its output directory."""
+    """What a stage's code gets: the spec, its stage, its inputs' directories and its output directory;
+    for a sharded stage, which shard it runs (index, count), or the shards' outputs it merges."""
 
     spec: ExperimentSpec
     stage: Stage
     inputs: dict[str, Path]
     out: Path
+    shard: tuple[int, int] | None = None
+    merge_from: list[Path] | None = None
 
     def input(self, name: str) -> Path:
         return self.inputs[name]

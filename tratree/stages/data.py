@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tratree.formats import Pair, Trajectory, read_jsonl, write_jsonl
+from tratree.rollout import Episode
 from tratree.stages import StageContext, StageError
 
 TRAJECTORIES = "trajectories.jsonl"
@@ -45,14 +46,36 @@ def model_input(ctx: StageContext) -> Path:
     return model_dir
 
 
-def explore(ctx: StageContext) -> dict[str, Any]:
-    from tratree.explore import explore as run
+def act(ctx: StageContext, episodes: list[Episode], description: str) -> list[Trajectory]:
+    """The stage's episodes run by its model (only its shard's slice of them, for a shard), or, for
+    a merge, its shards' trajectories put in episode order; written to the stage's trajectories file."""
+    from tratree.episodes import merge_shards, run_to_file, shard_slice
+
+    out = ctx.out / TRAJECTORIES
+    if ctx.merge_from is not None:
+        parts = [read_jsonl(d / TRAJECTORIES, Trajectory) for d in ctx.merge_from]
+        try:
+            trajs = merge_shards(episodes, parts)
+        except ValueError as err:
+            raise StageError(f"{ctx.stage.name}: the shards do not add up to the stage's episodes: {err}") from None
+        write_jsonl(out, trajs)
+        return trajs
     from tratree.policy import make_backend
 
     model_dir = model_input(ctx)
     backend = make_backend(ctx.spec.policy, str(model_dir))
-    trajs = run(ctx.spec, backend, ctx.out / TRAJECTORIES, model=str(model_dir), prompt=acting_prompt(ctx),
-                policy=ctx.stage.params["policy_name"], samples=ctx.stage.params["samples"])
+    return run_to_file(ctx.spec, backend, shard_slice(episodes, ctx.shard), out, description, str(model_dir),
+                       acting_prompt(ctx))
+
+
+def explore(ctx: StageContext) -> dict[str, Any]:
+    from tratree.explore import exploration_episodes, split_tasks
+
+    params = ctx.stage.params
+    episodes = exploration_episodes(ctx.spec, split_tasks(ctx.spec, "train"), params["policy_name"], params["samples"])
+    trajs = act(ctx, episodes, "exploring" if ctx.shard is None else f"exploring (shard {ctx.shard[0]})")
+    if ctx.shard is not None:
+        return {"episodes": len(trajs), "successes": sum(t.success for t in trajs)}
     if not trajs:
         raise StageError(f"{ctx.stage.name}: no episodes: the environment has no training tasks for this spec")
     return {"trajectories": len(trajs), "successes": sum(t.success for t in trajs),

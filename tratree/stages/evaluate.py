@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from tratree.stages import StageContext
-from tratree.stages.data import acting_prompt, model_input
+from tratree.stages.data import act, model_input
 from tratree.stages.train import TRAINING
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    from tratree.evaluate import evaluate as run
-    from tratree.policy import make_backend
+    from tratree.evaluate import evaluation_episodes, metrics
+    from tratree.explore import split_tasks
 
-    model_dir = model_input(ctx)
-    backend = make_backend(ctx.spec.policy, str(model_dir))
-    result = run(ctx.spec, backend, ctx.out / "trajectories.jsonl", model=str(model_dir), prompt=acting_prompt(ctx),
-                 best_of=ctx.stage.params["best_of"])
+    split, best_of = ctx.spec.environment.test_split, ctx.stage.params["best_of"]
+    episodes = evaluation_episodes(ctx.spec, split_tasks(ctx.spec, split), best_of)
+    trajs = act(ctx, episodes, f"evaluating ({split})" + ("" if ctx.shard is None else f", shard {ctx.shard[0]}"))
+    # what the model was trained on, for the report: a shard keeps a copy for the merge
+    training = model_input(ctx) / TRAINING if ctx.merge_from is None else ctx.merge_from[0] / TRAINING
+    if ctx.shard is not None:
+        if training.is_file():
+            shutil.copyfile(training, ctx.out / TRAINING)
+        return {"episodes": len(trajs), "successes": sum(t.success for t in trajs)}
+    result = metrics(trajs, split, best_of)
     result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
-    training = model_dir / TRAINING
     if training.is_file():
         result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples")}
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
