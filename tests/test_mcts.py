@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_traj
 from tests.strategies import ACTIONS, trajectories
+from tratree.formats import PathRecord
 from tratree.mcts import _compress, mcts_path, search
 from tratree.tree import build_trees
 
@@ -101,7 +102,7 @@ def test_chains_collapse_to_branch_points():
 
 def test_mcts_path_record_is_ready_for_sft():
     tree, = build_trees([make_traj("t", ["a", "b"], 1.0), make_traj("t", ["a", "c"], 0.0)])
-    rec = mcts_path(tree, 50, 1.41, seed=3)
+    rec = PathRecord.model_validate(mcts_path(tree, 50, 1.41, seed=3))
     assert [s.action for s in rec.steps] == ["a", "b"]
     assert rec.steps[0].thought == "think 0" and rec.value == 1.0 and rec.iterations == 50
     assert rec.task_id == "t" and rec.instruction == "solve t"

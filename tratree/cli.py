@@ -126,15 +126,15 @@ def cmd_pairs(args: argparse.Namespace) -> None:
 
 
 def cmd_mcts(args: argparse.Namespace) -> None:
-    from tratree.mcts import mcts_path
+    from tratree.mcts import mcts_path, path_line
     from tratree.progress import track
 
     trees = _read_trajectories_or_trees(args.trees)
     paths = [
         mcts_path(t, args.iterations, args.exploration, args.seed) for t in track(trees, "MCTS", total=len(trees))
     ]
-    _write_lines(args.output, (p.model_dump_json() for p in paths))
-    mean = sum(p.value for p in paths) / len(paths) if paths else 0.0
+    _write_lines(args.output, map(path_line, paths))
+    mean = sum(p["value"] for p in paths) / len(paths) if paths else 0.0
     print(f"{len(paths)} MCTS paths (mean value {mean:.3f}) -> {args.output}", file=sys.stderr)
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from tratree.formats import PathRecord
+import orjson
+
 from tratree.tree import Tree, task_rng
 
 
@@ -105,14 +107,21 @@ def search(tree: Tree, iterations: int = 100, exploration: float = 1.41, rng: ra
     return MCTSResult(nodes=nodes, value=leaf_value[u], iterations=iterations, visits=visits, reward=rewards)
 
 
-def mcts_path(tree: Tree, iterations: int = 100, exploration: float = 1.41, seed: int = 0) -> PathRecord:
-    """The e* path of one tree as a Path record, seeded by (seed, task)."""
+def mcts_path(tree: Tree, iterations: int = 100, exploration: float = 1.41, seed: int = 0) -> dict[str, Any]:
+    """The e* path of one tree, seeded by (seed, task): a path record (the fields of
+    ``tratree.formats.PathRecord``) as plain data, so the `mcts` command needs no pydantic."""
     result = search(tree, iterations, exploration, task_rng(seed, tree.task_id))
-    return PathRecord.model_construct(
-        task_id=tree.task_id,
-        instruction=tree.instruction,
-        steps=tree.steps(result.nodes),
-        value=result.value,
-        nodes=result.nodes,
-        iterations=result.iterations,
-    )
+    return {
+        "task_id": tree.task_id,
+        "instruction": tree.instruction,
+        "steps": [{"observation": tree.observation[v], "thought": tree.thought[v], "action": tree.action[v]}
+                  for v in result.nodes],
+        "value": result.value,
+        "nodes": result.nodes,
+        "iterations": result.iterations,
+    }
+
+
+def path_line(path: dict[str, Any]) -> str:
+    """One JSONL line of a path record (the bytes pydantic would write for a PathRecord)."""
+    return orjson.dumps(path).decode()

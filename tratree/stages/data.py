@@ -122,10 +122,12 @@ def pairs(ctx: StageContext) -> dict[str, Any]:
 
 
 def mcts(ctx: StageContext) -> dict[str, Any]:
-    from tratree.mcts import mcts_path
+    from tratree.atomic import atomic_write
+    from tratree.mcts import mcts_path, path_line
     from tratree.tree import read_trees
 
     cfg = ctx.spec.mcts
     paths = [mcts_path(t, cfg.iterations, cfg.exploration, cfg.seed) for t in read_trees(ctx.input("trees") / "trees.jsonl")]
-    write_jsonl(ctx.out / "paths.jsonl", paths)
-    return {"paths": len(paths), "mean_value": sum(p.value for p in paths) / max(1, len(paths))}
+    with atomic_write(ctx.out / "paths.jsonl") as fh:
+        fh.writelines(path_line(p) + "\n" for p in paths)
+    return {"paths": len(paths), "mean_value": sum(p["value"] for p in paths) / max(1, len(paths))}
