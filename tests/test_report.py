@@ -30,10 +30,11 @@ def test_table_means_pvalues_and_gap_recovered():
 
 def test_dpo_pair_counts_and_the_finished_rate_reach_the_table():
     metrics = [{"method": "w2s-treedpo", "average_reward": 10.0, "success_rate": 0.0, "finished_rate": 50.0,
-                "seed": s, "training": {"pairs": n, "steps": 3}} for s, n in enumerate([12, 0])]
+                "invalid_actions": 20.0 + 10 * s, "seed": s, "training": {"pairs": n, "steps": 3}}
+               for s, n in enumerate([12, 0])]
     table = results_table(metrics, ["w2s-treedpo"])
     assert table["w2s-treedpo"]["pairs"] == [12, 0] and table["w2s-treedpo"]["finished_rate"]["mean"] == 50.0
-    assert "| 12/0 | 2 |" in markdown(table, "t")
+    assert "| 12/0 | 25.0 | 2 |" in markdown(table, "t")  # DPO pairs per seed, invalid actions (mean)
 
 
 def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_model():
@@ -41,4 +42,36 @@ def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_
                           + rows("w2s-mcts", [0.0]), ["sft-weak", "sft-strong", "w2s-mcts", "ceiling"])
     assert table["w2s-mcts"]["p_value_vs_sft_strong"] is None
     assert all("gap_recovered" not in row for row in table.values())
-    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 | — | — | — | — | 1 |" in markdown(table, "t")
+    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 | — | — | — | — | 0.0 | 1 |" in markdown(table, "t")
+
+
+def test_invalid_actions_are_the_environments_refusals_and_replies_without_an_action():
+    from tests.conftest import make_traj
+    from tratree.evaluate import invalid_rate
+
+    t = make_traj("t", ["take knife", "fly", "eat meal"], 0.0)
+    t.steps[1].observation = "You take the knife."
+    t.steps[2].observation = "Unknown action: I'm not sure what you mean."
+    t.final_observation = "Invalid format. The input must contains 'Action: '"
+    assert invalid_rate([t], "textworldexpress") == pytest.approx(100 * 2 / 3)
+    assert invalid_rate([t], "scienceworld") == pytest.approx(100 / 3)  # only tratree's own refusal is known there
+
+
+def test_tree_informativeness_counts_divergence_points_with_a_value_gap():
+    from tests.conftest import make_traj
+    from tratree.tree import build_trees, informativeness
+
+    trees = build_trees([make_traj("a", ["x", "y"], 1.0), make_traj("a", ["x", "z"], 0.0),  # gap 1 at x
+                         make_traj("b", ["p"], 0.5), make_traj("b", ["q"], 0.5)])  # no gap at the root
+    info = informativeness(trees)
+    assert info == {"tasks": 2, "divergence_points": 2, "divergence_points_with_value_gap": 1,
+                    "mean_value_spread": 0.5, "tasks_with_value_gap": 1}
+
+
+def test_the_report_plots_every_trained_models_losses(tmp_path):
+    from tratree.stages.report import plot_training
+
+    metrics = [{"method": m, "seed": 0, "training": {"losses": [3.0, 2.0, 1.5]}} for m in ("sft-strong", "w2s-treedpo")]
+    assert plot_training(metrics, tmp_path / "training.png")
+    assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_training([{"method": "sft-weak", "seed": 0}], tmp_path / "none.png")

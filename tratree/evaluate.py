@@ -26,8 +26,19 @@ def evaluation_episodes(spec: ExperimentSpec, tasks: list[str], best_of: int | N
     ]
 
 
-def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = None) -> dict[str, Any]:
-    """Scores per task (the best of its episodes under best-of-N) and their means x100."""
+def invalid_rate(trajectories: list[Trajectory], env_name: str) -> float:
+    """Actions the environment refused (or replies with no action) as a share of all actions, x100."""
+    from tratree.envs import invalid_action
+
+    answers = [obs for t in trajectories for obs in [*(s.observation for s in t.steps[1:]), t.final_observation]
+               if t.steps]
+    return 100 * sum(invalid_action(env_name, o) for o in answers) / len(answers) if answers else 0.0
+
+
+def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = None,
+            env_name: str | None = None) -> dict[str, Any]:
+    """Scores per task (the best of its episodes under best-of-N) and their means x100; with
+    ``env_name``, the share of actions the environment refused."""
     best: dict[str, Trajectory] = {}
     for t in trajectories:
         if t.task_id not in best or t.score > best[t.task_id].score:
@@ -45,6 +56,7 @@ def metrics(trajectories: list[Trajectory], split: str, best_of: int | None = No
         # ETO's "success" on WebShop and ScienceWorld: the episode ended before its step limit
         "finished_rate": 100 * mean(float(v["finished"]) for v in per_task.values()) if per_task else 0.0,
         "unparsed_replies": sum(t.meta.get("unparsed_replies", 0) for t in trajectories),
+        **({"invalid_actions": invalid_rate(trajectories, env_name)} if env_name else {}),
         "per_task": per_task,
     }
 
@@ -57,4 +69,4 @@ def evaluate(spec: ExperimentSpec, backend: Backend, trajectories_out: str | Pat
     tasks = split_tasks(spec, split, limit)
     trajs = run_to_file(spec, backend, evaluation_episodes(spec, tasks, best_of), trajectories_out,
                         f"evaluating ({split})", model, prompt)
-    return metrics(trajs, split, best_of)
+    return metrics(trajs, split, best_of, spec.environment.name)

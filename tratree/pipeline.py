@@ -49,14 +49,14 @@ class Stage:
 STAGE_VERSIONS: dict[str, int] = {
     "expert": 2,  # 2: ScienceWorld episodes open with the task alone, as ETO's
     "tokenizer": 1,
-    "sft": 1,
+    "sft": 2,  # 2: the loss at every step kept (training.json)
     "explore": 2,  # 2: in-context example, per-task step limits
     "trees": 1,
     "pairs": 1,
     "mcts": 1,
-    "dpo": 1,
-    "evaluate": 2,  # 2: in-context example, per-task step limits
-    "report": 1,
+    "dpo": 2,  # 2: the loss at every step kept (training.json)
+    "evaluate": 3,  # 2: in-context example, per-task step limits; 3: invalid actions, the model's losses
+    "report": 2,  # 2: tree informativeness, invalid actions, training curves
 }
 
 

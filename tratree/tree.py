@@ -370,6 +370,30 @@ def summarize(trees: Iterable[Tree]) -> dict[str, int]:
     return out
 
 
+def informativeness(trees: Iterable[Tree]) -> dict[str, float | int]:
+    """How much the trees can teach (the paper's argument for failure trajectories): divergence
+    points, how many of them separate children of different value (a TreeDPO pair needs a gap),
+    the mean value spread (best child minus worst) there, and the tasks with at least one."""
+    tasks = informative_tasks = points = informative = 0
+    spread = 0.0
+    for tree in trees:
+        tasks += 1
+        found = False
+        for kids in tree.children:
+            if len(kids) < 2:
+                continue
+            values = [tree.value(c) for c in kids]
+            gap = max(values) - min(values)
+            points += 1
+            spread += gap
+            if gap > 0:
+                informative += 1
+                found = True
+        informative_tasks += found
+    return {"tasks": tasks, "divergence_points": points, "divergence_points_with_value_gap": informative,
+            "mean_value_spread": spread / points if points else 0.0, "tasks_with_value_gap": informative_tasks}
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     # Building allocates millions of small acyclic objects; the cyclic collector would

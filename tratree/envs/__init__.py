@@ -8,11 +8,28 @@ from collections.abc import Callable, Iterator
 from tratree.envs.base import Environment, EnvironmentUnavailable, Outcome, Reset, Split, spread
 from tratree.spec import EnvironmentSpec
 
-__all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "make_env", "step_limit",
-           "task_ids"]
+__all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "invalid_action",
+           "make_env", "step_limit", "task_ids"]
 
 # ETO's episode step limits where one limit holds for the whole environment
 ETO_MAX_STEPS = {"webshop": 10, "alfworld": 40}
+
+
+# How each environment answers an action it cannot take (its parser's refusal; ALFWorld's and
+# WebShop's as ETO's data shows them), and tratree's answer to a reply without an action.
+_INVALID_ANSWERS = {
+    "textworldexpress": ("Unknown action",),
+    "scienceworld": ("No known action matches that input",),
+    "alfworld": ("Nothing happens",),
+    "webshop": ("Invalid action",),
+}
+_UNPARSED = "Invalid format."
+
+
+def invalid_action(env_name: str, observation: str) -> bool:
+    """Whether ``observation`` is the environment refusing the action before it (or tratree
+    refusing a reply with no action): the invalid-action rate of the report."""
+    return observation.startswith((_UNPARSED, *_INVALID_ANSWERS.get(env_name, ())))
 
 
 def make_env(spec: EnvironmentSpec) -> Environment:

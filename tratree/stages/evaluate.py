@@ -24,9 +24,9 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         if training.is_file():
             shutil.copyfile(training, ctx.out / TRAINING)
         return {"episodes": len(trajs), "successes": sum(t.success for t in trajs)}
-    result = metrics(trajs, split, best_of)
+    result = metrics(trajs, split, best_of, ctx.spec.environment.name)
     result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
     if training.is_file():
-        result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples")}
+        result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples", "losses")}
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
     return {k: result[k] for k in ("average_reward", "success_rate", "finished_rate", "tasks", "method", "seed")}

@@ -32,10 +32,12 @@ def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str
     by_method: dict[str, dict[str, list[float]]] = {}
     pairs: dict[str, list[int]] = {}
     for m in metrics:
-        row = by_method.setdefault(m["method"], {"average_reward": [], "success_rate": [], "finished_rate": []})
+        row = by_method.setdefault(m["method"], {"average_reward": [], "success_rate": [], "finished_rate": [],
+                                                 "invalid_actions": []})
         row["average_reward"].append(m["average_reward"])
         row["success_rate"].append(m["success_rate"])
         row["finished_rate"].append(m.get("finished_rate", 0.0))
+        row["invalid_actions"].append(m.get("invalid_actions", 0.0))
         if "pairs" in (m.get("training") or {}):
             pairs.setdefault(m["method"], []).append(m["training"]["pairs"])
     table: dict[str, Any] = {}
@@ -47,6 +49,7 @@ def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str
             "average_reward": _summary(row["average_reward"]),
             "success_rate": _summary(row["success_rate"]),
             "finished_rate": _summary(row["finished_rate"]),
+            "invalid_actions": _summary(row["invalid_actions"]),
             "seeds": len(row["average_reward"]),
         }
         if method in pairs:
@@ -71,8 +74,8 @@ def markdown(table: dict[str, Any], title: str) -> str:
     """The results as a Markdown table in the paper's layout."""
     lines = [f"# {title}", "",
              "| method | average reward | success rate | finished | p vs sft-strong | gap recovered (weak) | "
-             "gap recovered (sft-strong) | DPO pairs | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "gap recovered (sft-strong) | DPO pairs | invalid actions | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def pct(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.0f}%"
@@ -84,15 +87,55 @@ def markdown(table: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {method} | {ar['mean']:.1f} ± {ar['std']:.1f} | {sr['mean']:.1f} ± {sr['std']:.1f} | "
             f"{fr['mean']:.1f} | {'—' if p is None else f'{p:.3g}'} | {pct(row.get('gap_recovered'))} | "
-            f"{pct(row.get('gap_recovered_vs_sft_strong'))} | {pairs} | {row['seeds']} |"
+            f"{pct(row.get('gap_recovered_vs_sft_strong'))} | {pairs} | "
+            f"{row.get('invalid_actions', {'mean': 0.0})['mean']:.1f} | {row['seeds']} |"
         )
     lines += ["", "Average reward, success rate (score 1, or the environment's own success) and finished (episodes "
               "the environment ended before the step limit: ETO's and the paper's \"success\" on WebShop and "
               "ScienceWorld) ×100 on held-out tasks, mean ± std over training seeds; p: two-sided Welch t-test "
               "against sft-strong; gap recovered (weak): (R − R_sft-weak) / (R_ceiling − R_sft-weak); gap recovered "
               "(sft-strong), the paper's form: (R − R_sft-strong) / (R_ceiling − R_sft-strong); DPO pairs: the "
-              "preference pairs each seed's DPO trained on (0: it returned its initial policy)."]
+              "preference pairs each seed's DPO trained on (0: it returned its initial policy); invalid actions: the "
+              "share of actions the environment refused (or replies with no action), ×100."]
     return "\n".join(lines) + "\n"
+
+
+def trees_markdown(info: dict[str, Any]) -> str:
+    """What the weak model's trees offer to learn from."""
+    return (
+        "\n## The weak model's trees\n\n"
+        f"{info['tasks']} tasks; {info['divergence_points']} divergence points, "
+        f"{info['divergence_points_with_value_gap']} of them between children of different value (where TreeDPO "
+        f"finds its pairs), in {info['tasks_with_value_gap']} tasks; mean value spread at a divergence point "
+        f"(best child minus worst) {info['mean_value_spread']:.3f}. Trees without value gaps teach TreeDPO "
+        "nothing, and MCTS then only reproduces the weak model's paths.\n")
+
+
+def plot_training(metrics: list[dict[str, Any]], path: Path) -> bool:
+    """Each trained model's loss at every step (SFT and DPO apart); False when none was recorded."""
+    curves = [(m["method"], m["seed"], m["training"]["losses"]) for m in metrics
+              if (m.get("training") or {}).get("losses") and m["method"] != "best-of-n"]  # best-of-n: sft-strong's
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, seed, losses in sorted(curves):
+        ax = axes[1] if method in ("w2s-treedpo", "w2s-random-dpo", "eto", "ceiling") else axes[0]
+        ax.plot(range(1, len(losses) + 1), losses, label=f"{method} s{seed}", linewidth=1.2)
+    for ax, title in zip(axes, ("SFT loss (assistant tokens)", "DPO loss"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot(table: dict[str, Any], path: Path) -> None:
@@ -119,12 +162,19 @@ def report(ctx: StageContext) -> dict[str, Any]:
     metrics = [json.loads((d / "metrics.json").read_text()) for n, d in ctx.inputs.items() if n.startswith("eval-")]
     table = results_table(metrics, ctx.stage.params["methods"])
     extras: dict[str, Any] = {}
+    text = markdown(table, "W2SG results")
     if "trees" in ctx.inputs:
+        from tratree.tree import informativeness, read_trees
+
         extras["trees"] = json.loads((ctx.input("trees") / "stats.json").read_text())
+        extras["informativeness"] = informativeness(read_trees(ctx.input("trees") / "trees.jsonl"))
+        text += trees_markdown(extras["informativeness"])
         _tree_pages(ctx)
+    if plot_training(metrics, ctx.out / "training.png"):
+        text += "\n## Training\n\n![training losses](training.png)\n"
     results = {"format": 1, "methods": table, **extras}
     (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (ctx.out / "results.md").write_text(markdown(table, "W2SG results"))
+    (ctx.out / "results.md").write_text(text)
     if table:
         plot(table, ctx.out / "results.png")
     return {m: round(r["average_reward"]["mean"], 2) for m, r in table.items()}

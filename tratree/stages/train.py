@@ -57,7 +57,7 @@ def sft(ctx: StageContext) -> dict[str, Any]:
                          f"(its input {ctx.stage.inputs[0]} is empty)")
     training = TrainingSpec.model_validate(ctx.stage.params["training"])
     result = train_sft(model, tok, trajs, ctx.spec.environment.name, training, ctx.out, model_spec.lora, seed)
-    return _record(ctx, {k: v for k, v in result.items() if k != "losses"} | {"losses": result["losses"][-20:]})
+    return _record(ctx, {k: v for k, v in result.items() if k != "losses"}, result["losses"])
 
 
 def dpo(ctx: StageContext) -> dict[str, Any]:
@@ -94,11 +94,12 @@ def dpo(ctx: StageContext) -> dict[str, Any]:
         return _record(ctx, {"pairs": 0, "steps": 0, "note": f"no preference pairs; the output is {names[0]} unchanged"})
     result = train_dpo(model, tok, pairs, ctx.spec.environment.name, ctx.spec.training.dpo, ctx.out,
                        ref_model, ref_tok, ctx.spec.strong.lora, ctx.stage.params["seed"])
-    return _record(ctx, {"pairs": result["pairs"], "steps": result["steps"], "losses": result["losses"][-20:],
-                         "margins": result["margins"][-20:]})
+    return _record(ctx, {"pairs": result["pairs"], "steps": result["steps"], "margins": result["margins"][-20:]},
+                   result["losses"])
 
 
-def _record(ctx: StageContext, summary: dict[str, Any]) -> dict[str, Any]:
-    """Keep the training summary beside the model, so its evaluation and the report can show it."""
-    (ctx.out / TRAINING).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+def _record(ctx: StageContext, summary: dict[str, Any], losses: list[float] | None = None) -> dict[str, Any]:
+    """Keep the training summary and the loss at every step beside the model, so its evaluation and
+    the report can show them; the stage's manifest gets the last 20 losses."""
+    (ctx.out / TRAINING).write_text(json.dumps({**summary, "losses": losses or []}, indent=2) + "\n")
+    return {**summary, "losses": (losses or [])[-20:]}
