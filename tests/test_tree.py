@@ -76,6 +76,11 @@ def test_visits_and_totals_add_up_to_the_inputs(trajs):
             assert tree.visits[v] == tree.ends[v] + sum(tree.visits[c] for c in kids)
             assert math.isclose(tree.total[v], tree.end_total[v] + sum(tree.total[c] for c in kids), abs_tol=1e-9)
             assert 0.0 <= tree.value(v) <= 1.0
+        # the summary, as its definitions read on the children lists
+        kids, stats = tree.children, tree.stats()
+        assert stats.nodes == len(tree) - 1 and stats.trajectories == len(mine)
+        assert stats.leaves == sum(1 for v in range(1, len(tree)) if not kids[v])
+        assert stats.divergence_points == sum(1 for k in kids if len(k) >= 2)
         # every trajectory is a root path of the tree
         paths = node_paths(tree)
         for t in mine:

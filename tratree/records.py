@@ -8,7 +8,6 @@ which accepts what it may coerce or says, in one line, what is wrong.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -55,6 +54,9 @@ class StepView(NamedTuple):
     action: str
 
 
+_new_tuple = tuple.__new__
+
+
 class TrajectoryView(NamedTuple):
     """A trajectory read for building trees: what ``Trajectory`` holds, as a plain tuple."""
 
@@ -89,7 +91,7 @@ def trajectory_view(d: Any) -> TrajectoryView | None:
         obs, action, thought = st.get("observation"), st.get("action"), st.get("thought", "")
         if type(obs) is not str or type(action) is not str or type(thought) is not str:
             return None
-        views.append(StepView(obs, thought, action))
+        views.append(_new_tuple(StepView, (obs, thought, action)))  # StepView(...) without its Python __new__
     return TrajectoryView(task, instruction, views, final, float(score), success, meta)
 
 
@@ -120,8 +122,10 @@ def iter_jsonl(
             try:
                 item = None
                 if fast is not None:
-                    with contextlib.suppress(orjson.JSONDecodeError):
+                    try:  # noqa: SIM105 (contextlib.suppress per line cost more than the parsing)
                         item = fast(orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        pass  # pydantic says what is wrong with it
                 if item is None:
                     rec = (model if isinstance(model, type) else model()).model_validate_json(line)
                     item = convert(rec) if convert else rec
