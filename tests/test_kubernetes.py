@@ -309,6 +309,17 @@ def test_job_settings_behave_as_set_on_the_real_job_controller(kube, operator, s
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
 
 
+def succeeds_with_a_pod_preempted(kube, ns: str, manifest: dict[str, Any], stage: str, operator: Operator
+                                  ) -> dict[str, Any]:
+    """Apply the experiment with the node agent preempting the stage's first Pod; its status once Succeeded."""
+    kube.node.disrupt[stage] = 1
+    try:
+        kube.apply(manifest, "-n", ns)
+        return wait_phase(kube, manifest["metadata"]["name"], ns, "Succeeded", operator, 300)
+    finally:
+        kube.node.disrupt.pop(stage, None)
+
+
 def test_a_preempted_pod_is_replaced_without_using_a_retry(kube, operator, s3_env):
     """A GPU node's Pod preempted (DisruptionTarget) is replaced by the Job controller inside the same
     Job, without counting against backoffLimit or the stage's retries."""
@@ -316,12 +327,7 @@ def test_a_preempted_pod_is_replaced_without_using_a_retry(kube, operator, s3_en
     s3_secret(kube, ns)
     spot = experiment("spot", s3_env)
     spot["spec"]["kubernetes"]["stages"] = {"sft": {"backoffLimit": 0, "retries": 0}}
-    kube.node.disrupt["sft-weak"] = 1
-    try:
-        kube.apply(spot, "-n", ns)
-        st = wait_phase(kube, "spot", ns, "Succeeded", operator, 300)
-    finally:
-        kube.node.disrupt.pop("sft-weak", None)
+    st = succeeds_with_a_pod_preempted(kube, ns, spot, "sft-weak", operator)
     assert st["stages"]["sft-weak"]["attempts"] == 1 and jobs_made(kube, ns, "spot").count("sft-weak") == 1
     pods = kube.list("pods", ns, "tratree.io/experiment=spot,tratree.io/stage=sft-weak")
     assert sorted(p["status"]["phase"] for p in pods) == ["Failed", "Succeeded"]  # preempted, then ran
@@ -335,12 +341,7 @@ def test_a_sharded_evaluation_is_one_indexed_job_whose_preempted_shard_reruns_al
     ns = namespace(kube, "sharded")
     s3_secret(kube, ns)
     split = experiment("split", s3_env, evaluation={"bestOfN": 2, "shards": 2, "parallelism": 1})
-    kube.node.disrupt["eval-sft-weak-s0"] = 1
-    try:
-        kube.apply(split, "-n", ns)
-        st = wait_phase(kube, "split", ns, "Succeeded", operator, 300)
-    finally:
-        kube.node.disrupt.pop("eval-sft-weak-s0", None)
+    st = succeeds_with_a_pod_preempted(kube, ns, split, "eval-sft-weak-s0", operator)
     entry = st["stages"]["eval-sft-weak-s0"]
     assert entry["shards"] == "2/2" and entry["attempts"] == 1, entry
     assert "shards" not in st["stages"]["sft-weak"]
