@@ -1,6 +1,6 @@
 """Benchmark of sharded exploration: the weak model's exploration stage as one run, as 4 shards in
 turn (what `tratree run` does), and as 4 shards side by side (4 `tratree stage explore --shard K`
-processes, as the Pods of an Indexed Job run them, here on one machine's cores).
+processes, as the Pods of an Indexed Job run them, here sharing one machine's cores).
 
     python bench/shards.py [--tasks 16] [--samples 4]
 
@@ -65,7 +65,9 @@ def main() -> None:
             if side_by_side:
                 spec_file = store / "spec.json"
                 spec_file.write_text(json.dumps(body))
-                env = {**os.environ, "TRATREE_WORK": str(store / "work")}
+                # each process gets its share of the cores, as each Pod would get its own device
+                threads = str(max(1, (os.cpu_count() or 1) // shards))
+                env = {**os.environ, "TRATREE_WORK": str(store / "work"), "OMP_NUM_THREADS": threads}
                 procs = [subprocess.Popen([sys.executable, "-m", "tratree", "stage", "explore", "--spec", str(spec_file),
                                            "--shard", str(k)], env=env, stderr=subprocess.DEVNULL)
                          for k in range(shards)]
