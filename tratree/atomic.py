@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from tratree import interrupts
 from tratree.errors import UserError
 
 
@@ -44,6 +45,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        interrupts.check()  # never commit an output after a Ctrl-C, even one a library swallowed
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(FileNotFoundError):

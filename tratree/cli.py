@@ -24,20 +24,13 @@ class CLIError(Exception):
     """A user error the CLI reports in one line with exit status 2."""
 
 
-def _trajectory_model():
-    """The pydantic model of a trajectory, for the lines the fast reader leaves to it."""
-    from tratree.formats import Trajectory
-
-    return Trajectory
-
-
 def _read_trajectories_or_trees(path: str):
     """Trees from a trees file, or built (exact match) from a trajectories file."""
     from tratree.records import iter_jsonl, record_kind, trajectory_view
     from tratree.tree import build_trees, read_trees
 
     if record_kind(path) == "trajectory":
-        return build_trees(iter_jsonl(path, _trajectory_model, fast=trajectory_view))
+        return build_trees(iter_jsonl(path, "Trajectory", fast=trajectory_view))
     return read_trees(path)
 
 
@@ -59,7 +52,7 @@ def cmd_tree_build(args: argparse.Namespace) -> None:
         from tratree.embeddings import load_embedder
 
         embed = load_embedder(args.embedding_model, show_progress=sys.stderr.isatty())
-    trajectories = track(iter_jsonl(args.trajectories, _trajectory_model, fast=trajectory_view), "building trees")
+    trajectories = track(iter_jsonl(args.trajectories, "Trajectory", fast=trajectory_view), "building trees")
     trees = build_trees(trajectories, similarity=args.similarity, embed=embed)
     _write_lines(args.output, (t.to_json() for t in trees))
     s = summarize(trees)
@@ -593,8 +586,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # py4j logs a traceback of its own for a Ctrl-C that lands in a JVM call; "interrupted" says it
     logging.getLogger().addFilter(lambda r: not r.getMessage().startswith("KeyboardInterrupt while sending command"))
+    from tratree import interrupts
+
+    interrupts.latch()
     try:
-        return _run(argv)
+        code = _run(argv)
+        interrupts.check()  # a Ctrl-C the command's libraries swallowed still ends it as one
+        return code
     except BaseException as err:
         if not _interrupted(err):
             raise

@@ -19,7 +19,7 @@ from typing import Any
 
 from tratree import __version__
 from tratree.errors import UserError
-from tratree.spec import ExperimentSpec, StageKind
+from tratree.spec import ExperimentSpec, ShardedSpec, StageKind
 from tratree.train.tiny import preset_name
 
 W2SG_METHODS = ("w2s-mcts", "w2s-treedpo", "w2s-random-dpo")
@@ -101,12 +101,9 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True) if model is not None else None
 
 
-# How a stage is split across Pods does not change what it makes, so it stays out of its key.
-_SHARDING = {"shards", "parallelism"}
-
-
-def _dump_acting(model: Any) -> dict[str, Any]:
-    return {k: v for k, v in _dump(model).items() if k not in _SHARDING}
+def _dump_acting(model: ShardedSpec) -> dict[str, Any]:
+    # how a stage is split across Pods does not change what it makes, so it stays out of its key
+    return model.model_dump(mode="json", by_alias=True, exclude=set(ShardedSpec.model_fields))
 
 
 def plan(spec: ExperimentSpec) -> list[Stage]:
@@ -119,7 +116,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     stages: dict[str, Stage] = {}
 
     def add(name: str, action: str, kind: StageKind, inputs: tuple[str, ...], gpu: bool = False,
-            split: Any = None, **params: Any) -> str:
+            split: ShardedSpec | None = None, **params: Any) -> str:
         shards, parallelism = (split.shards, split.parallelism) if split is not None else (1, None)
         stages[name] = Stage(name, action, kind, inputs, params, gpu, shards, parallelism)
         return name

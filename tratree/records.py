@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import orjson
+
 from tratree.errors import UserError
 
 TREE_FORMAT = 1
@@ -95,21 +97,36 @@ def trajectory_view(d: Any) -> TrajectoryView | None:
     return TrajectoryView(task, instruction, views, final, float(score), success, meta)
 
 
+def _model(model: Any) -> Any:
+    if isinstance(model, str):
+        from tratree import formats
+
+        return getattr(formats, model)
+    return model
+
+
+def _fast_item(fast: Callable[[Any], Any], line: bytes) -> Any:
+    """``fast`` of the parsed line; None for a line that is not JSON, so that pydantic's parse says where."""
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return fast(parsed)
+
+
 def iter_jsonl(
     path: str | Path, model: Any, convert: Callable[[Any], Any] | None = None,
     fast: Callable[[Any], Any] | None = None,
 ) -> Iterator[Any]:
     """Stream validated records from a JSONL file; blank lines are skipped.
 
-    ``model`` is the pydantic model of a record, or a function returning it, called (and pydantic
-    imported) only when a line needs it: the tree commands read plain lines without pydantic.
+    ``model`` is the pydantic model of a record, or the name of one in ``tratree.formats``, imported
+    (with pydantic) only when a line needs it: the tree commands read plain lines without pydantic.
 
     ``convert`` turns each record into another object; a ValueError it raises becomes a
     FormatError naming the line. ``fast`` takes a line parsed by orjson and returns the finished
     item when the line is plainly valid, or None to leave it to pydantic (and its messages).
     """
-    import orjson
-
     path = Path(path)
     try:
         fh = path.open("rb")
@@ -122,12 +139,9 @@ def iter_jsonl(
             try:
                 item = None
                 if fast is not None:
-                    try:  # noqa: SIM105 (contextlib.suppress per line cost more than the parsing)
-                        item = fast(orjson.loads(line))
-                    except orjson.JSONDecodeError:
-                        pass  # pydantic says what is wrong with it
+                    item = _fast_item(fast, line)
                 if item is None:
-                    rec = (model if isinstance(model, type) else model()).model_validate_json(line)
+                    rec = _model(model).model_validate_json(line)
                     item = convert(rec) if convert else rec
             except ValueError as err:  # pydantic's ValidationError is one
                 raise FormatError(f"{path}:{lineno}: {validation_message(err)}") from None

@@ -129,10 +129,7 @@ def execute(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs: 
     with held(store, f"{prefix}.lease", done_meanwhile, f"stage {stage.name}") as lease:
         if lease is None:  # another runner made it while this one waited
             return StageOutcome(stage.name, "cached", key, found[0], time.monotonic() - t0)
-        if stage.shards > 1:
-            manifest = _run_into(store, spec, stage, key, inputs, prefix, merge=True)
-        else:
-            manifest = _run_into(store, spec, stage, key, inputs, prefix)
+        manifest = _run_into(store, spec, stage, key, inputs, prefix, merge=stage.shards > 1)
         return StageOutcome(stage.name, "done", key, manifest, time.monotonic() - t0)
 
 
@@ -142,7 +139,9 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
     ``prefix``, manifest last."""
     from tratree.stages import StageContext, action
 
-    work = work_root() / stage.name / key / ("merge" if merge else "all" if shard is None else f"shard-{shard}")
+    work = work_root() / stage.name / key
+    if merge or shard is not None:
+        work = work / ("merge" if merge else f"shard-{shard}")
     local_inputs = {}
     merged_from = None
     if merge:  # a merge reads the shards' outputs, not the stage's inputs (a model need not be fetched)

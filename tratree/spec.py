@@ -248,20 +248,23 @@ def _default_grid() -> list[SamplingSpec]:
     ]
 
 
-SHARDS_DOC = ("Split {what} into this many shards, each a fixed slice of the tasks (task k goes to shard "
-              "k mod shards): one Indexed Job on Kubernetes, run in turn by `tratree run`. The merged output is "
-              "the same whatever the number.")
-PARALLELISM_DOC = "Shards that run at once on Kubernetes (None: all)."
+class ShardedSpec(SpecModel):
+    """How an acting stage is split across Pods; what it makes is the same whatever the split."""
+
+    shards: int = Field(1, ge=1, le=1000, description=(
+        "Split the stage into this many shards, each a fixed slice of the tasks (task k goes to shard k mod "
+        "shards): one Indexed Job on Kubernetes, run in turn by `tratree run`. The merged output is the same "
+        "whatever the number."))
+    parallelism: int | None = Field(None, ge=1, le=1000, description="Shards that run at once on Kubernetes (None: all).")
 
 
-class ExplorationSpec(SpecModel):
-    """Weak-model exploration: M trajectories per training task over a sampling grid."""
+class ExplorationSpec(ShardedSpec):
+    """Weak-model exploration (and the strong models' own, for ETO): M trajectories per training task over a
+    sampling grid."""
 
     trajectories_per_task: int = Field(6, ge=1, le=1024)
     sampling: list[SamplingSpec] = Field(default_factory=_default_grid, min_length=1)
     seed: int = Field(0, ge=0)
-    shards: int = Field(1, ge=1, le=1000, description=SHARDS_DOC.format(what="the weak and strong models' exploration"))
-    parallelism: int | None = Field(None, ge=1, le=1000, description=PARALLELISM_DOC)
 
 
 class TreeSpec(SpecModel):
@@ -306,15 +309,13 @@ class BestOfNSampling(SamplingSpec):
     top_p: float = Field(0.9, gt=0, le=1)
 
 
-class EvaluationSpec(SpecModel):
+class EvaluationSpec(ShardedSpec):
     """Held-out evaluation: greedy by default, best-of-N by sampling."""
 
     temperature: float = Field(0.0, ge=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
     best_of_n: int = Field(8, ge=2, le=256, description="N of best-of-N (paper: 8).")
     best_of_n_sampling: BestOfNSampling = Field(default_factory=BestOfNSampling)
-    shards: int = Field(1, ge=1, le=1000, description=SHARDS_DOC.format(what="each evaluation"))
-    parallelism: int | None = Field(None, ge=1, le=1000, description=PARALLELISM_DOC)
 
 
 class Toleration(SpecModel):

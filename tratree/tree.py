@@ -531,13 +531,7 @@ def _fast_tree(d: Any) -> Tree | None:
 
 def read_trees(path: str | Path) -> list[Tree]:
     """Trees from a trees JSONL file; a tree whose counts do not add up is a FormatError."""
-    return list(iter_jsonl(path, _tree_record, Tree.from_record, fast=_fast_tree))
-
-
-def _tree_record() -> type[TreeRecord]:
-    from tratree.formats import TreeRecord
-
-    return TreeRecord
+    return list(iter_jsonl(path, "TreeRecord", Tree.from_record, fast=_fast_tree))
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:

@@ -1,0 +1,33 @@
+"""Ctrl-C that no library can swallow.
+
+A KeyboardInterrupt raised inside a call into an environment's JVM can be lost in py4j's own
+handling, and the command would then go on to finish as if nothing happened. The CLI latches
+every Ctrl-C, and an output is never committed after one: the command still stops with
+"interrupted" and writes nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_seen = threading.Event()
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _seen.set()
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt where the program is
+
+
+def latch() -> None:
+    """Remember every Ctrl-C from now on, where Ctrl-C is handled as usual (a run started with it
+    ignored, in the background, keeps ignoring it)."""
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def check() -> None:
+    """KeyboardInterrupt when a Ctrl-C came, even if the code it landed in swallowed it."""
+    if _seen.is_set():
+        raise KeyboardInterrupt
