@@ -720,9 +720,12 @@ def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_j
     async def passes() -> None:
         for text in ("a", "a", "a", "b"):
             await controller.apply(body, decision(text))
+        # deleted and applied again under the same name: the same content, a new owner
+        body["metadata"]["uid"] = "new"
+        await controller.apply(body, decision("b"))
 
     asyncio.run(passes())
-    assert kube.written == ["a", "b"]
+    assert kube.written == ["a", "b", "b"]
 
 
 def test_a_new_store_replans_every_stage_against_it():

@@ -233,8 +233,10 @@ class Controller:
         ns, name = meta["namespace"], meta["name"]
         for manifest in decision.create:
             if manifest["kind"] == "ConfigMap":
-                # the spec ConfigMap comes with every new Job; write it only when its content changed
-                written = hashlib.sha256(json.dumps(manifest["data"], sort_keys=True).encode()).hexdigest()
+                # the spec ConfigMap comes with every new Job; write it only when its content or its
+                # owner (a new experiment under the same name) changed
+                written = hashlib.sha256(json.dumps([manifest["data"], meta.get("uid")], sort_keys=True).encode()
+                                         ).hexdigest()
                 if self._configmaps.get((ns, name)) != written:
                     await self.kube.apply_configmap(manifest)
                     self._configmaps[(ns, name)] = written

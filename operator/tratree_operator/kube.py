@@ -133,11 +133,21 @@ class Kube:
         return True
 
     async def apply_configmap(self, manifest: dict[str, Any]) -> None:
-        """Create the ConfigMap, or bring an existing one's data up to date."""
-        if not await self.create(manifest):
-            meta = manifest["metadata"]
-            await self._call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"],
-                             {"data": manifest["data"]}, _content_type="application/merge-patch+json")
+        """Create the ConfigMap, or bring an existing one up to date: its data and its owner. One left
+        by an experiment deleted and applied again under the same name still names the old owner,
+        and the garbage collector would delete it under the new experiment's Pods."""
+        if await self.create(manifest):
+            return
+        meta = manifest["metadata"]
+        patch = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+                 "data": manifest["data"]}
+        try:
+            await self._call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], patch,
+                             _content_type="application/merge-patch+json")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            await self.create(manifest)  # collected between the two calls
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
