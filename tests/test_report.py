@@ -72,6 +72,12 @@ def test_the_report_plots_every_trained_models_losses(tmp_path):
     from tratree.stages.report import plot_training
 
     metrics = [{"method": m, "seed": 0, "training": {"losses": [3.0, 2.0, 1.5]}} for m in ("sft-strong", "w2s-treedpo")]
-    assert plot_training(metrics, tmp_path / "training.png")
+    assert plot_training(metrics, {}, tmp_path / "training.png")
     assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
-    assert not plot_training([{"method": "sft-weak", "seed": 0}], tmp_path / "none.png")
+    assert plot_training(metrics, {"pretrain-strong": [5.0, 2.0]}, tmp_path / "pretrained.png")
+    import matplotlib.image
+
+    # the pretraining curves get a panel of their own
+    assert matplotlib.image.imread(tmp_path / "pretrained.png").shape[1] > matplotlib.image.imread(
+        tmp_path / "training.png").shape[1]
+    assert not plot_training([{"method": "sft-weak", "seed": 0}], {}, tmp_path / "none.png")

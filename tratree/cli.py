@@ -14,6 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from tratree import __version__
 
@@ -161,8 +163,6 @@ def _experiment(path: str):
 
 
 def _backend(exp, model: str):
-    from pathlib import Path
-
     from tratree.policy import make_backend
 
     if exp.spec.policy.backend != "openai" and not model.startswith("s3://") and not Path(model).is_dir():
@@ -214,6 +214,21 @@ def cmd_run(args: argparse.Namespace) -> None:
         text = open_store(store).read_verified(report.manifest["prefix"], report.manifest, "results.md")
         print(text.decode(), file=sys.stderr)
         console.print(f"report: {open_store(store).url(report.manifest['prefix'])}/")
+        if args.report_to:
+            _copy_report(open_store(store), report.manifest, Path(args.report_to))
+            console.print(f"report copied to {args.report_to}/")
+
+
+def _copy_report(store: Any, manifest: dict[str, Any], folder: Path) -> None:
+    """The report's tables and plots (not its tree pages), checked against the manifest, into ``folder``."""
+    from tratree.artifacts import MANIFEST
+    from tratree.atomic import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in sorted(manifest["files"]):
+        if "/" not in name and name != MANIFEST:
+            with atomic_write(folder / name, "wb") as f:
+                f.write(store.read_verified(manifest["prefix"], manifest, name))
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -279,8 +294,6 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from tratree.episodes import dump_json
     from tratree.evaluate import evaluate
 
@@ -517,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("experiment")
     sp.add_argument("--artifacts", help="store URI (default: the spec's artifacts)")
     sp.add_argument("--only", nargs="+", metavar="STAGE", help="run these stages and what they need")
+    sp.add_argument("--report-to", metavar="DIR", help="also copy the report's tables and plots into DIR (e.g. docs/)")
 
     sp = add(sub, "stage", cmd_stage, "run one stage against a store (what a Kubernetes Job runs)")
     sp.add_argument("name")

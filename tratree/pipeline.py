@@ -19,7 +19,7 @@ from typing import Any
 
 from tratree import __version__
 from tratree.errors import UserError
-from tratree.spec import ExperimentSpec, ShardedSpec, StageKind
+from tratree.spec import ExperimentSpec, ModelSpec, ShardedSpec, StageKind
 from tratree.train.tiny import preset_name
 
 W2SG_METHODS = ("w2s-mcts", "w2s-treedpo", "w2s-random-dpo")
@@ -48,7 +48,9 @@ class Stage:
 # and everything after it then runs again, and nothing else does.
 STAGE_VERSIONS: dict[str, int] = {
     "expert": 2,  # 2: ScienceWorld episodes open with the task alone, as ETO's
+    "corpus": 1,
     "tokenizer": 1,
+    "pretrain": 1,
     "sft": 2,  # 2: the loss at every step kept (training.json)
     "explore": 2,  # 2: in-context example, per-task step limits
     "trees": 1,
@@ -101,6 +103,11 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True) if model is not None else None
 
 
+def _dump_model(model: ModelSpec) -> dict[str, Any]:
+    # a model's pretraining reaches the stages after it as the digest of its pretrain stage
+    return model.model_dump(mode="json", by_alias=True, exclude={"pretrain"})
+
+
 def _dump_acting(model: ShardedSpec) -> dict[str, Any]:
     # how a stage is split across Pods does not change what it makes, so it stays out of its key
     return model.model_dump(mode="json", by_alias=True, exclude=set(ShardedSpec.model_fields))
@@ -122,7 +129,8 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         return name
 
     def sft(name: str, data: str, seed: int, data_stage: str) -> str:
-        return add(name, "sft", "sft", (data_stage, *tok), True, model=_dump(spec.strong), data=data, seed=seed,
+        return add(name, "sft", "sft", (data_stage, *tok, *pretrained["strong"]), True, model=_dump_model(spec.strong), data=data,
+                   seed=seed,
                    training=_dump(spec.strong.sft or spec.training.sft), env=spec.environment.name)
 
     # acting stages read the in-context example from the expert data
@@ -133,11 +141,23 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
             policy=policy, evaluation=_dump_acting(spec.evaluation), best_of=best_of, method=method, seed=seed)
 
     add("expert", "expert", "expert", (), env=env, expert=_dump(spec.expert))
+    if spec.pretraining is not None:
+        # what the corpus depends on, and no more: experiments that differ in their training or test
+        # tasks share the corpus, the tokenizer trained on it and the pretrained models
+        played = {k: env[k] for k in ("name", "tasks", "gameParams", "maxSteps")}
+        add("corpus", "corpus", "expert", (), env=played, pretraining=_dump(spec.pretraining))
     if tiny:
-        add("tokenizer", "tokenizer", "sft", ("expert",), env=spec.environment.name)
+        add("tokenizer", "tokenizer", "sft", ("corpus",) if "corpus" in stages else ("expert",),
+            env=spec.environment.name)
+    # a pretrained tiny model is the base of every SFT of that model (seed 0: one base, as a hub model is)
+    pretrained: dict[str, tuple[str, ...]] = {"weak": (), "strong": ()}
+    for role, model in (("weak", spec.weak), ("strong", spec.strong)):
+        if model.pretrain is not None:
+            pretrained[role] = (add(f"pretrain-{role}", "pretrain", "sft", ("corpus", *tok), True, model=_dump_model(model),
+                              training=_dump(model.pretrain), seed=0, env=spec.environment.name),)
     needs_weak = bool(methods & {"sft-weak", *W2SG_METHODS})
     if needs_weak:
-        add("sft-weak", "sft", "sft", ("expert", *tok), True, model=_dump(spec.weak), data="expert", seed=0,
+        add("sft-weak", "sft", "sft", ("expert", *tok, *pretrained["weak"]), True, model=_dump_model(spec.weak), data="expert", seed=0,
             training=_dump(spec.weak.sft or spec.training.sft), env=spec.environment.name)
     if methods & set(W2SG_METHODS):
         add("explore", "explore", "explore", ("sft-weak", *example), True, spec.exploration, env=env, policy=policy,
@@ -183,7 +203,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
                                lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name, pairs=method)
                     evaluate(method, name, seed)
     evals = tuple(n for n in stages if n.startswith("eval-"))
-    extras = tuple(n for n in ("trees", "mcts") if n in stages)
+    extras = tuple(n for n in ("trees", "mcts", "pretrain-weak", "pretrain-strong") if n in stages)
     add("report", "report", "report", (*evals, *extras), methods=list(spec.methods), seeds=list(spec.seeds))
     return list(stages.values())
 

@@ -211,6 +211,16 @@ class ModelSpec(SpecModel):
     sft: TrainingSpec | None = Field(
         None, description="SFT settings of this model, replacing training.sft (e.g. a tiny model from scratch)."
     )
+    pretrain: TrainingSpec | None = Field(
+        None, description="Language-model pretraining of a tiny: preset on the pretraining corpus (spec.pretraining) "
+        "before its SFT; the pretrained model is the base of every later stage of this model.",
+    )
+
+    @model_validator(mode="after")
+    def _pretrain_tiny(self) -> ModelSpec:
+        if self.pretrain is not None and not self.model.startswith("tiny:"):
+            raise ValueError(f"pretrain: only a tiny: preset is pretrained here ({self.model!r} comes pretrained)")
+        return self
 
 
 class TrainingSettings(SpecModel):
@@ -316,6 +326,18 @@ class EvaluationSpec(ShardedSpec):
     top_p: float = Field(1.0, gt=0, le=1)
     best_of_n: int = Field(8, ge=2, le=256, description="N of best-of-N (paper: 8).")
     best_of_n_sampling: BestOfNSampling = Field(default_factory=BestOfNSampling)
+
+
+class PretrainingSpec(SpecModel):
+    """The corpus tiny models are pretrained on: transcripts of heuristic play of dev-split games (disjoint
+    from the training and test tasks), the way a real model's pretraining saw text like its tasks."""
+
+    games: int = Field(800, ge=1, le=100_000, description="Dev-split games played, spread over the experiment's games.")
+    random_actions: float = Field(
+        0.3, ge=0, le=1, description="Chance that a step takes a random valid action instead of the next gold "
+        "one (0: gold play only, 1: random play): transcripts with mistakes, recoveries and failures.",
+    )
+    seed: int = Field(0, ge=0)
 
 
 class Toleration(SpecModel):
@@ -469,9 +491,27 @@ class ExperimentSpec(SpecModel):
         default_factory=lambda: [0], min_length=1, description="Training seeds of the strong-side methods."
     )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    pretraining: PretrainingSpec | None = Field(
+        None, description="The corpus of weak.pretrain and strong.pretrain (TextWorldExpress only).")
     artifacts: StoreURI = "file://./artifacts"
     suspend: bool = Field(False, description="Create no new Jobs while true.")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+
+
+    @model_validator(mode="after")
+    def _pretraining_pairs(self) -> ExperimentSpec:
+        wanted = [name for name, m in (("weak", self.weak), ("strong", self.strong)) if m.pretrain is not None]
+        if self.pretraining is None:
+            if wanted:
+                raise ValueError(f"{wanted[0]}.pretrain: needs spec.pretraining (the corpus it is pretrained on)")
+            return self
+        if not wanted:
+            raise ValueError("pretraining: set but neither weak.pretrain nor strong.pretrain says how to pretrain")
+        if self.environment.name != "textworldexpress":
+            raise ValueError(f"pretraining: plays TextWorldExpress games only (environment is {self.environment.name})")
+        if self.environment.test_split == "dev":
+            raise ValueError("pretraining: plays dev-split games, which are the test tasks with testSplit: dev")
+        return self
 
 
 class Experiment(BaseModel):

@@ -38,6 +38,7 @@ class TextWorldExpress:
                 jvm_started("TextWorldExpress"):
             self._env = TextWorldExpressEnv(envStepLimit=step_limit)
         self._loaded: str | None = None
+        self._valid: list[str] = []
 
     def _load(self, game: str) -> None:
         if self._loaded != game:
@@ -66,7 +67,9 @@ class TextWorldExpress:
         if game not in self.games:
             raise ValueError(f"task {task_id!r}: game {game!r} is not in this experiment's games")
         self._load(game)
-        return self._env.reset(seed=int(seed), gameFold=split, generateGoldPath=gold)
+        obs, infos = self._env.reset(seed=int(seed), gameFold=split, generateGoldPath=gold)
+        self._valid = list(infos.get("validActions", []))
+        return obs, infos
 
     def reset(self, task_id: str) -> Reset:
         obs, infos = self._reset(task_id, gold=False)
@@ -74,12 +77,17 @@ class TextWorldExpress:
 
     def step(self, action: str) -> Outcome:
         obs, _, done, infos = self._env.step(action)
+        self._valid = list(infos.get("validActions", []))
         return Outcome(
             observation=obs.strip(),
             score=clamp_score(infos["score"]),
             done=bool(done or infos.get("taskfailure")),
             success=bool(infos.get("tasksuccess")),
         )
+
+    def valid_actions(self) -> list[str]:
+        """The actions the game accepts in the current state."""
+        return list(self._valid)
 
     def gold_actions(self, task_id: str) -> list[str]:
         self._reset(task_id, gold=True)

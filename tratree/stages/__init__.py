@@ -49,6 +49,8 @@ def action(name: str) -> Action:
 
     table: dict[str, Action] = {
         "expert": data.expert,
+        "corpus": data.corpus,
+        "pretrain": train.pretrain,
         "tokenizer": train.tokenizer,
         "explore": data.explore,
         "trees": data.trees,

@@ -28,6 +28,18 @@ def expert(ctx: StageContext) -> dict[str, Any]:
     return {"trajectories": len(trajs), "full_score": sum(t.score >= 1.0 for t in trajs)}
 
 
+def corpus(ctx: StageContext) -> dict[str, Any]:
+    from tratree.pretraining import noisy_expert_play
+
+    trajs = list(noisy_expert_play(ctx.spec))
+    if not trajs:
+        env = ctx.spec.environment
+        raise StageError(f"corpus: no dev-split games of {env.tasks} to play (gameParams {env.game_params!r})")
+    write_jsonl(ctx.out / TRAJECTORIES, trajs)
+    return {"trajectories": len(trajs), "successes": sum(t.success for t in trajs),
+            "steps": sum(len(t.steps) for t in trajs)}
+
+
 def acting_prompt(ctx: StageContext) -> str:
     """The stage's acting prompt, its in-context example from the expert stage when the spec wants one."""
     from tratree.policy.prompts import acting_prompt as build

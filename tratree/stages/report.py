@@ -9,6 +9,7 @@ from statistics import mean, stdev
 from typing import Any
 
 from tratree.stages import StageContext
+from tratree.stages.train import TRAINING
 
 W2SG = ("w2s-mcts", "w2s-treedpo", "w2s-random-dpo")
 
@@ -111,10 +112,13 @@ def trees_markdown(info: dict[str, Any]) -> str:
         "nothing, and MCTS then only reproduces the weak model's paths.\n")
 
 
-def plot_training(metrics: list[dict[str, Any]], path: Path) -> bool:
-    """Each trained model's loss at every step (SFT and DPO apart); False when none was recorded."""
-    curves = [(m["method"], m["seed"], m["training"]["losses"]) for m in metrics
+def plot_training(metrics: list[dict[str, Any]], pretraining: dict[str, list[float]], path: Path) -> bool:
+    """Each trained model's loss at every step (pretraining, SFT and DPO apart); False when none was recorded."""
+    dpo = ("w2s-treedpo", "w2s-random-dpo", "eto", "ceiling")
+    curves = [("DPO loss" if m["method"] in dpo else "SFT loss (assistant tokens)", f"{m['method']} s{m['seed']}",
+               m["training"]["losses"]) for m in metrics
               if (m.get("training") or {}).get("losses") and m["method"] != "best-of-n"]  # best-of-n: sft-strong's
+    curves += [("pretraining loss (whole transcripts)", name, losses) for name, losses in pretraining.items() if losses]
     if not curves:
         return False
     import matplotlib
@@ -122,11 +126,13 @@ def plot_training(metrics: list[dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, seed, losses in sorted(curves):
-        ax = axes[1] if method in ("w2s-treedpo", "w2s-random-dpo", "eto", "ceiling") else axes[0]
-        ax.plot(range(1, len(losses) + 1), losses, label=f"{method} s{seed}", linewidth=1.2)
-    for ax, title in zip(axes, ("SFT loss (assistant tokens)", "DPO loss"), strict=True):
+    titles = (["pretraining loss (whole transcripts)"] if any(losses for losses in pretraining.values()) else []) + [
+        "SFT loss (assistant tokens)", "DPO loss"]
+    fig, axes = plt.subplots(1, len(titles), figsize=(5.5 * len(titles), 4))
+    panel = dict(zip(titles, axes, strict=True))
+    for title, label, losses in sorted(curves):
+        panel[title].plot(range(1, len(losses) + 1), losses, label=label, linewidth=1.2)
+    for title, ax in panel.items():
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         if ax.lines:
@@ -170,7 +176,9 @@ def report(ctx: StageContext) -> dict[str, Any]:
         extras["informativeness"] = informativeness(read_trees(ctx.input("trees") / "trees.jsonl"))
         text += trees_markdown(extras["informativeness"])
         _tree_pages(ctx)
-    if plot_training(metrics, ctx.out / "training.png"):
+    pretraining = {n: json.loads((d / TRAINING).read_text())["losses"] for n, d in ctx.inputs.items()
+                   if n.startswith("pretrain-")}
+    if plot_training(metrics, pretraining, ctx.out / "training.png"):
         text += "\n## Training\n\n![training losses](training.png)\n"
     results = {"format": 1, "methods": table, **extras}
     (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Stages that train: the shared tiny tokenizer, SFT and DPO."""
+"""Stages that train: the shared tiny tokenizer, tiny models' pretraining, SFT and DPO."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ TRAINING = "training.json"
 def tokenizer(ctx: StageContext) -> dict[str, Any]:
     from tratree.train.tiny import corpus, train_tokenizer
 
-    trajs = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
+    # trained on the pretraining corpus where the graph has one (dev games), else on the expert data
+    (source,) = ctx.inputs.values()
+    trajs = read_jsonl(source / TRAJECTORIES, Trajectory)
     tok = train_tokenizer(corpus(ctx.spec.environment.name, trajs))
     tok.save_pretrained(ctx.out)
     return {"vocabulary": len(tok)}
@@ -43,14 +45,41 @@ def _sft_data(ctx: StageContext) -> list[Trajectory]:
     return best_per_task(read_jsonl(ctx.input("explore") / TRAJECTORIES, Trajectory))
 
 
-def sft(ctx: StageContext) -> dict[str, Any]:
+def pretrain(ctx: StageContext) -> dict[str, Any]:
+    """A tiny preset built from config and trained as a language model on the corpus's transcripts."""
     from tratree.spec import ModelSpec, TrainingSpec
     from tratree.train.setup import load_policy
     from tratree.train.sft import train_sft
 
     model_spec = ModelSpec.model_validate(ctx.stage.params["model"])
+    model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), ctx.stage.params["seed"])
+    trajs = read_jsonl(ctx.input("corpus") / TRAJECTORIES, Trajectory)
+    if not trajs:
+        raise StageError(f"{ctx.stage.name}: the pretraining corpus is empty")
+    training = TrainingSpec.model_validate(ctx.stage.params["training"])
+    result = train_sft(model, tok, trajs, ctx.spec.environment.name, training, ctx.out,
+                       seed=ctx.stage.params["seed"], whole_text=True)
+    return _record(ctx, {k: v for k, v in result.items() if k != "losses"}, result["losses"])
+
+
+def _base_model(ctx: StageContext, model_spec: Any, seed: int) -> tuple[Any, Any]:
+    """The model an SFT starts from: its pretrained base where the graph has one, else the spec's model."""
+    from tratree.train.models import load_causal_lm
+    from tratree.train.setup import load_policy
+
+    base = [p for name, p in ctx.inputs.items() if name.startswith("pretrain-")]
+    if base:
+        return load_causal_lm(str(base[0]), trainable=True)
+    return load_policy(model_spec.model, _tokenizer_of(ctx), seed, model_spec.dtype)
+
+
+def sft(ctx: StageContext) -> dict[str, Any]:
+    from tratree.spec import ModelSpec, TrainingSpec
+    from tratree.train.sft import train_sft
+
+    model_spec = ModelSpec.model_validate(ctx.stage.params["model"])
     seed = ctx.stage.params["seed"]
-    model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), seed, model_spec.dtype)
+    model, tok = _base_model(ctx, model_spec, seed)
     trajs = _sft_data(ctx)
     if not trajs:
         raise StageError(f"{ctx.stage.name}: no {ctx.stage.params['data']} trajectories to train on "

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on trajectories (expert data, MCTS paths, best explored), assistant turns only."""
+"""Supervised fine-tuning on trajectories (expert data, MCTS paths, best explored) on the assistant turns,
+and tiny models' pretraining on whole transcripts."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def train_sft(
     out_dir: str | Path,
     lora: LoraSpec | None = None,
     seed: int = 0,
+    whole_text: bool = False,
 ) -> dict[str, Any]:
-    """Train with TRL's SFTTrainer and save to ``out_dir``; returns the loss history and counts."""
+    """Train with TRL's SFTTrainer and save to ``out_dir``; returns the loss history and counts.
+
+    ``whole_text``: language modelling on every token of the transcripts (pretraining), not only
+    on the replies."""
     import datasets
     from datasets import Dataset
     from transformers import set_seed
@@ -35,6 +40,8 @@ def train_sft(
     set_seed(seed)
     datasets.disable_progress_bars()  # per-map bars for a few dozen examples are noise
     examples = [sft_example(tokenizer, env_name, t) for t in trajectories]
+    if whole_text:
+        examples = [{**e, "assistant_masks": [1] * len(e["input_ids"])} for e in examples]
     check_fits([e["assistant_masks"].index(1) if 1 in e["assistant_masks"] else len(e["assistant_masks"])
                 for e in examples], training.max_length, "trajectory")
     dataset = Dataset.from_list(examples)
