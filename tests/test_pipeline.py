@@ -100,6 +100,16 @@ def test_a_stage_reads_the_inputs_it_is_given(full_run, mini, cli):
     assert r.returncode == 2 and "stage trees reads explore; --input named expert" in r.stderr
 
 
+def test_run_copies_the_report_tables_and_plots_where_asked(full_run, cli, tmp_path):
+    root, outcomes = full_run
+    r = cli("run", str(MINI), "--artifacts", f"file://{root}", "--report-to", str(tmp_path / "docs"))
+    assert r.returncode == 0, r.stderr
+    copied = sorted(p.name for p in (tmp_path / "docs").iterdir())
+    assert copied == ["results.json", "results.md", "results.png", "training.png"]
+    report = root / outcomes["report"].manifest["prefix"]
+    assert (tmp_path / "docs" / "results.md").read_bytes() == (report / "results.md").read_bytes()
+
+
 def test_corrupted_artifact_is_detected_and_its_stage_rerun(full_run, mini):
     root, outcomes = full_run
     trees = root / outcomes["trees"].manifest["prefix"] / "trees.jsonl"
