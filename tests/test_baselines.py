@@ -109,9 +109,37 @@ def test_eto_and_ceiling_with_no_pair_fail_naming_the_mismatch(tmp_path, mode):
     write_jsonl(dirs["expert"] / "trajectories.jsonl", [make_traj("1600", ["look"], 1.0)])
     write_jsonl(dirs["strong-explore-s0"] / "trajectories.jsonl", [make_traj("webshop/train/1600", ["go"], 0.0)])
     with pytest.raises(StageError, match=rf"{mode}-s0: no {mode} pairs: 1 expert and 1 explored trajectories share "
-                                         r"0 task ids \(expert ids look like '1600', explored ones like "
+                                         r"no task id \(expert ids look like '1600', explored ones like "
                                          r"'webshop/train/1600'\)"):
         dpo(StageContext(spec, stage, dirs, tmp_path / "out"))
+
+
+def test_eto_where_the_strong_model_already_matches_the_expert_keeps_it_and_says_so(tmp_path, capsys):
+    """A strong model whose own runs score as the expert's on every task gives ETO no pair: its output is
+    sft-strong unchanged, with a warning and 0 pairs on record (the report's DPO-pairs column)."""
+    import json
+
+    from tests.conftest import make_traj, small_spec
+    from tratree.formats import write_jsonl
+    from tratree.pipeline import plan
+    from tratree.stages import StageContext
+    from tratree.stages.train import dpo
+    from tratree.train.tiny import corpus, create, train_tokenizer
+
+    spec = small_spec(methods=["eto"])
+    stage = next(s for s in plan(spec) if s.name == "eto-s0")
+    dirs = {name: tmp_path / name for name in stage.inputs}
+    for d in dirs.values():
+        d.mkdir()
+    expert = [make_traj("cookingworld/train/0", ["look", "win"], 1.0)]
+    write_jsonl(dirs["expert"] / "trajectories.jsonl", expert)
+    write_jsonl(dirs["strong-explore-s0"] / "trajectories.jsonl", [make_traj("cookingworld/train/0", ["win"], 1.0)])
+    create("strong", train_tokenizer(corpus(spec.environment.name, expert), vocab_size=300), dirs["sft-strong-s0"])
+    dpo(StageContext(spec, stage, dirs, tmp_path / "out"))
+    assert "eto-s0: no preference pairs; the output is the initial policy (sft-strong-s0) unchanged" in \
+        capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["pairs"] == 0
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (dirs["sft-strong-s0"] / "model.safetensors").read_bytes()
 
 
 class CountingEnv:

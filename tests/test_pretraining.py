@@ -11,7 +11,7 @@ from tratree.envs import make_env
 from tratree.pipeline import fingerprints, plan
 from tratree.pretraining import noisy_expert_play
 from tratree.run import run_pipeline
-from tratree.spec import SpecError, load_experiment, parse_experiment, spec_to_manifest
+from tratree.spec import SpecError, load_experiment, parse_experiment
 
 BASE = {
     "environment": {"name": "textworldexpress", "tasks": ["cookingworld"], "maxSteps": 14, "trainTasks": 4,
@@ -77,11 +77,18 @@ def test_pretrained_models_start_every_sft_of_their_side_and_keys_without_it_are
     assert not [n for n in names if n.startswith(("corpus", "pretrain"))]
 
 
-def test_the_quickstart_pretrains_both_models_and_its_manifest_round_trips():
-    exp = load_experiment(ROOT / "examples" / "quickstart.yaml")
-    assert exp.spec.pretraining is not None
-    assert exp.spec.weak.pretrain is not None and exp.spec.strong.pretrain is not None
-    assert parse_experiment(spec_to_manifest(exp)).spec == exp.spec
+@pytest.mark.parametrize("name", ["quickstart", "miniature"])
+def test_the_cpu_examples_pretrain_both_models_on_one_shared_corpus(name):
+    spec = load_experiment(ROOT / "examples" / f"{name}.yaml").spec
+    assert spec.pretraining is not None
+    assert spec.weak.pretrain is not None and spec.strong.pretrain is not None
+
+
+def test_the_miniature_shares_the_quickstarts_pretrained_models():
+    quick, mini = (fingerprints(plan(load_experiment(ROOT / "examples" / f"{n}.yaml").spec))
+                   for n in ("quickstart", "miniature"))
+    for name in ("corpus", "tokenizer", "pretrain-weak", "pretrain-strong"):
+        assert quick[name] == mini[name], name
 
 
 @pytest.mark.integration

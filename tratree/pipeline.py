@@ -58,7 +58,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "mcts": 1,
     "dpo": 2,  # 2: the loss at every step kept (training.json)
     "evaluate": 3,  # 2: in-context example, per-task step limits; 3: invalid actions, the model's losses
-    "report": 2,  # 2: tree informativeness, invalid actions, training curves
+    "report": 3,  # 2: tree informativeness, invalid actions, training curves; 3: pretraining curves
 }
 
 

@@ -131,7 +131,9 @@ def plot_training(metrics: list[dict[str, Any]], pretraining: dict[str, list[flo
     fig, axes = plt.subplots(1, len(titles), figsize=(5.5 * len(titles), 4))
     panel = dict(zip(titles, axes, strict=True))
     for title, label, losses in sorted(curves):
-        panel[title].plot(range(1, len(losses) + 1), losses, label=label, linewidth=1.2)
+        # a DPO on a handful of pairs takes one or two steps: points, or it would not show at all
+        panel[title].plot(range(1, len(losses) + 1), losses, label=label, linewidth=1.2,
+                          marker="o" if len(losses) < 10 else None, markersize=3)
     for title, ax in panel.items():
         ax.set_title(title)
         ax.set_xlabel("optimizer step")

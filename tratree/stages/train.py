@@ -101,12 +101,12 @@ def dpo(ctx: StageContext) -> dict[str, Any]:
         expert = read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
         own = read_jsonl(ctx.input_of("strong-explore") / TRAJECTORIES, Trajectory)
         pairs = expert_pairs(expert, own, mode)
-        if not pairs:
-            shared = len({t.task_id for t in expert} & {t.task_id for t in own})
+        shared = len({t.task_id for t in expert} & {t.task_id for t in own})
+        if not shared:  # ids from two conventions: a wiring fault, not a finding
             hint = (f" (expert ids look like {expert[0].task_id!r}, explored ones like {own[0].task_id!r})"
-                    if expert and own and not shared else "")
+                    if expert and own else "")
             raise StageError(f"{ctx.stage.name}: no {mode} pairs: {len(expert)} expert and {len(own)} explored "
-                             f"trajectories share {shared} task ids{hint}")
+                             f"trajectories share no task id{hint}")
     else:
         pairs = read_jsonl(ctx.inputs[names[1]] / "pairs.jsonl", Pair)
     model, tok = load_causal_lm(str(ctx.inputs[names[0]]), trainable=True)
