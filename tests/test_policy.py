@@ -116,14 +116,6 @@ def test_vllm_backend_builds_one_batched_chat_call(fake_vllm):
     assert VLLMBackend("merged", llm=FakeLLM()).lora_request() is None
 
 
-def test_vllm_engine_itself():
-    pytest.importorskip("vllm", reason="vLLM is not installed (GPU-only; runs on the cluster's explorer image)")
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM needs a CUDA GPU; none here")
-
-
 class ChatHandler(BaseHTTPRequestHandler):
     bodies: ClassVar[list[dict]] = []
     fail = False

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import ROOT
 from tratree.envs import make_env
+from tratree.envs.base import spread
+from tratree.explore import split_tasks
 from tratree.pipeline import fingerprints, plan
 from tratree.pretraining import noisy_expert_play
 from tratree.run import run_pipeline
@@ -42,7 +44,6 @@ def spec_with(**changes):
 @pytest.mark.parametrize(("changes", "message"), [
     ({"pretraining": None}, "weak.pretrain: needs spec.pretraining"),
     ({"weak.pretrain": None}, "neither weak.pretrain nor strong.pretrain"),
-    ({"environment.testSplit": "dev"}, "dev-split games, which are the test tasks"),
     ({"strong.model": "Qwen/Qwen2.5-0.5B", "strong.pretrain": {"epochs": 1}}, "only a tiny: preset is pretrained"),
     ({"environment.name": "scienceworld", "environment.tasks": [], "environment.gameParams": ""},
      "plays TextWorldExpress games only"),
@@ -65,12 +66,19 @@ def test_pretrained_models_start_every_sft_of_their_side_and_keys_without_it_are
     assert "pretrain" not in stages["sft-strong-s0"].params["model"]
 
     # experiments that differ only in their training or test tasks share the corpus and the pretrained models
+    # and so do experiments that differ in how the pretrained models are fine-tuned
     other = {s.name: s for s in plan(spec_with(**{"strong.pretrain": {"epochs": 2}, "environment.trainTasks": 9,
-                                                  "environment.testTasks": 7}))}
+                                                  "environment.testTasks": 7, "weak.sft": {"epochs": 3},
+                                                  "strong.sft": {"epochs": 5}, "strong.lora": {"r": 8}}))}
     prints, other_prints = fingerprints(list(stages.values())), fingerprints(list(other.values()))
     for name in ("corpus", "tokenizer", "pretrain-weak", "pretrain-strong"):
         assert prints[name] == other_prints[name], name
     assert prints["sft-weak"] != other_prints["sft-weak"]
+
+    # evaluated on dev-split games, the test tasks depend on how many the corpus played, so their key does
+    assert "corpus_games" not in stages["eval-sft-weak-s0"].params
+    on_dev = {s.name: s for s in plan(spec_with(**{"strong.pretrain": {"epochs": 2}, "environment.testSplit": "dev"}))}
+    assert on_dev["eval-sft-weak-s0"].params["corpus_games"] == 6
 
     plain = parse_experiment({k: v for k, v in BASE.items() if k != "pretraining"} | {"weak": {"model": "tiny:weak"}})
     names = [s.name for s in plan(plain.spec)]
@@ -98,6 +106,9 @@ def test_noisy_expert_play_is_dev_games_only_reproducible_and_gold_at_zero_noise
     assert len(corpus) == 6
     assert all(t.task_id.split("/")[1] == "dev" for t in corpus)
     assert corpus == list(noisy_expert_play(spec))  # same seed, same transcripts
+    # dev-split evaluation (testSplit: dev, or tratree evaluate --split dev) starts after the corpus's games
+    dev = split_tasks(spec, "dev")
+    assert len(dev) == 2 and set(dev).isdisjoint(t.task_id for t in corpus)
 
     gold = spec_with(**{"pretraining.randomActions": 0.0})
     played = list(noisy_expert_play(gold))
@@ -105,6 +116,7 @@ def test_noisy_expert_play_is_dev_games_only_reproducible_and_gold_at_zero_noise
     noisy = list(noisy_expert_play(spec_with(**{"pretraining.randomActions": 1.0})))
     env = make_env(spec.environment)
     try:
+        assert dev == spread(env.tasks("dev"), None)[6:8]
         assert [[s.action for s in t.steps] for t in played] == [env.gold_actions(t.task_id) for t in played]
         for t in noisy:
             env.reset(t.task_id)

@@ -17,7 +17,7 @@ def gold_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | N
     """Replay each task's gold actions; thoughts are empty or templated, as the spec says."""
     with env_pool(env_factory(spec.environment)) as pool:
         env = pool.acquire()
-        tasks = task_ids(env, spec.environment, split)  # type: ignore[arg-type]
+        tasks = task_ids(env, spec.environment, split, spec.corpus_games(split))  # type: ignore[arg-type]
         for task in tasks if limit is None else tasks[:limit]:
             actions = env.gold_actions(task)
             start = env.reset(task)

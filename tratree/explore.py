@@ -26,7 +26,7 @@ def split_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = 
         tasks = tasks[: env.train_tasks] if env.train_tasks else tasks
     else:
         with env_pool(env_factory(env)) as pool:
-            tasks = task_ids(pool.acquire(), env, split)  # type: ignore[arg-type]
+            tasks = task_ids(pool.acquire(), env, split, spec.corpus_games(split))  # type: ignore[arg-type]
     return tasks if limit is None else tasks[:limit]
 
 

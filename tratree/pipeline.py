@@ -136,9 +136,14 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     # acting stages read the in-context example from the expert data
     example = ("expert",) if spec.environment.icl_example else ()
 
+    # dev-split test tasks start after the games a pretraining corpus played (in the key only then)
+    skipped = spec.corpus_games(spec.environment.test_split)
+    corpus_games = {"corpus_games": skipped} if skipped else {}
+
     def evaluate(method: str, model_stage: str, seed: int, best_of: int | None = None) -> None:
         add(f"eval-{method}-s{seed}", "evaluate", "evaluate", (model_stage, *example), True, spec.evaluation, env=env,
-            policy=policy, evaluation=_dump_acting(spec.evaluation), best_of=best_of, method=method, seed=seed)
+            policy=policy, evaluation=_dump_acting(spec.evaluation), best_of=best_of, method=method, seed=seed,
+            **corpus_games)
 
     add("expert", "expert", "expert", (), env=env, expert=_dump(spec.expert))
     if spec.pretraining is not None:
@@ -153,7 +158,9 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     pretrained: dict[str, tuple[str, ...]] = {"weak": (), "strong": ()}
     for role, model in (("weak", spec.weak), ("strong", spec.strong)):
         if model.pretrain is not None:
-            pretrained[role] = (add(f"pretrain-{role}", "pretrain", "sft", ("corpus", *tok), True, model=_dump_model(model),
+            # the model and nothing about its later fine-tuning: experiments differing in SFT share it
+            base = model.model_dump(mode="json", by_alias=True, include={"model", "dtype"})
+            pretrained[role] = (add(f"pretrain-{role}", "pretrain", "sft", ("corpus", *tok), True, model=base,
                               training=_dump(model.pretrain), seed=0, env=spec.environment.name),)
     needs_weak = bool(methods & {"sft-weak", *W2SG_METHODS})
     if needs_weak:

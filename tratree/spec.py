@@ -509,9 +509,11 @@ class ExperimentSpec(SpecModel):
             raise ValueError("pretraining: set but neither weak.pretrain nor strong.pretrain says how to pretrain")
         if self.environment.name != "textworldexpress":
             raise ValueError(f"pretraining: plays TextWorldExpress games only (environment is {self.environment.name})")
-        if self.environment.test_split == "dev":
-            raise ValueError("pretraining: plays dev-split games, which are the test tasks with testSplit: dev")
         return self
+
+    def corpus_games(self, split: str) -> int:
+        """How many of the split's first tasks the pretraining corpus plays: never trained or evaluated on."""
+        return self.pretraining.games if self.pretraining is not None and split == "dev" else 0
 
 
 class Experiment(BaseModel):

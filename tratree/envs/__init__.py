@@ -70,10 +70,17 @@ def step_limit(spec: EnvironmentSpec) -> Callable[[str], int]:
     return lambda task_id: spec.max_steps
 
 
-def task_ids(env: Environment, spec: EnvironmentSpec, split: Split) -> list[str]:
-    """The split's tasks, interleaved across games and capped as the spec says."""
+def task_ids(env: Environment, spec: EnvironmentSpec, split: Split, skip: int = 0) -> list[str]:
+    """The split's tasks, interleaved across games, the first ``skip`` left out, capped as the spec says.
+
+    ``skip`` keeps out the dev-split games a pretraining corpus played (``ExperimentSpec.corpus_games``).
+    """
     limit = spec.train_tasks if split == "train" else spec.test_tasks
-    return spread(env.tasks(split), limit)
+    tasks = spread(env.tasks(split), None)[skip:]
+    if skip and not tasks:
+        raise ValueError(f"environment {spec.name}: no {split}-split task is left after the {skip} the "
+                         "pretraining corpus plays")
+    return tasks if limit is None else tasks[:limit]
 
 
 class EnvPool:

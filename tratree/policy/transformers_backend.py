@@ -30,9 +30,13 @@ class TransformersBackend:
 
     @classmethod
     def from_pretrained(cls, path: str, max_new_tokens: int = 128, batch_size: int = 16, dtype: str = "auto") -> TransformersBackend:
+        import torch
+
         from tratree.train.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, dtype=dtype)
+        if torch.cuda.is_available():  # loaded on the CPU; a GPU Pod generates on its GPU
+            model = model.to("cuda")
         return cls(model, tokenizer, max_new_tokens, batch_size)
 
     def _prompt(self, messages: list[dict[str, str]]) -> str:

@@ -52,7 +52,7 @@ def pretrain(ctx: StageContext) -> dict[str, Any]:
     from tratree.train.sft import train_sft
 
     model_spec = ModelSpec.model_validate(ctx.stage.params["model"])
-    model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), ctx.stage.params["seed"])
+    model, tok = load_policy(model_spec.model, _tokenizer_of(ctx), ctx.stage.params["seed"], model_spec.dtype)
     trajs = read_jsonl(ctx.input("corpus") / TRAJECTORIES, Trajectory)
     if not trajs:
         raise StageError(f"{ctx.stage.name}: the pretraining corpus is empty")
