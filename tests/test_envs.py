@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 
 import pytest
 
 from tests.conftest import QUICK_ENV
 from tratree.envs import EnvironmentUnavailable, make_env, task_ids
+from tratree.envs.base import JVM_QUIET, jvm_options
 from tratree.spec import EnvironmentSpec
 
 pytestmark = pytest.mark.integration
@@ -75,6 +78,41 @@ def test_random_actions_earn_partial_credit_and_fail():
         partial += 0.0 < out.score < 1.0
     twx.close()
     assert failures >= 6 and partial >= 3
+
+
+def test_jvm_options_set_from_many_threads_at_once_are_set_once_and_the_users_come_back(monkeypatch):
+    """Episodes start their JVMs from a thread pool: each JVM sees the user's options once, ours once,
+    and the user's value is back afterwards (interleaved save/restore appended them again and again)."""
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dmine=1")
+    together = threading.Barrier(8)
+    seen: list[str] = []
+
+    def start() -> None:
+        with jvm_options("384m", "-XX:+UseSerialGC"):
+            together.wait(timeout=10)
+            seen.append(os.environ["JAVA_TOOL_OPTIONS"])
+            together.wait(timeout=10)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [f"-Dmine=1 -Xmx384m {JVM_QUIET} -XX:+UseSerialGC"] * 8
+    assert os.environ["JAVA_TOOL_OPTIONS"] == "-Dmine=1"
+
+
+def test_a_jvm_that_logs_on_stdout_still_starts(monkeypatch):
+    """py4j reads the JVM's port from its stdout; a log line there (a perf-data file locked by a process of
+    the same PID in another namespace, or the user's own -Xlog) went to stdout and the start failed."""
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m -Xlog:gc")
+    env = make_env(EnvironmentSpec(name="textworldexpress", tasks=["coin"], max_steps=10))
+    try:
+        task = env.tasks("train")["coin"][0]
+        assert env.reset(task).observation
+    finally:
+        env.close()
+    assert os.environ["JAVA_TOOL_OPTIONS"] == "-Xmx384m -Xlog:gc"
 
 
 @pytest.fixture(scope="module")

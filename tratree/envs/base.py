@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -88,32 +90,53 @@ def clamp_score(value: float) -> float:
     return min(1.0, max(0.0, float(value)))
 
 
+# Perf-data files are named by PID under /tmp/hsperfdata_<user>; where /tmp is shared across PID
+# namespaces (CI containers) a JVM finds "its" file locked and warns on stdout, which py4j then reads as
+# its port number. No perf file, and every JVM log line to stderr, keep stdout for the port alone.
+JVM_QUIET = "-XX:-UsePerfData -Xlog:disable -Xlog:all=warning:stderr"
+
+# Environments start their JVMs from several threads at once; the options are set once for all of them
+# and the user's own value restored when the last one has started (per-thread save/restore interleaved
+# and appended the options again at every start).
+_jvm_lock = threading.Lock()
+_jvm_starting = 0
+_jvm_user_options: str | None = None
+
+
 @contextlib.contextmanager
 def jvm_options(heap: str, extra: str = "") -> Iterator[None]:
-    """Options for JVMs started inside the block: a bounded heap unless the user set -Xmx, plus ``extra``.
+    """Options for JVMs started inside the block: the user's JAVA_TOOL_OPTIONS, a bounded heap unless
+    they set -Xmx, JVM_QUIET, and ``extra``. Safe to enter from several threads at once.
 
     EnvironmentUnavailable at once when there is no ``java`` to start.
     """
-    import shutil
-
+    global _jvm_starting, _jvm_user_options
     home = os.environ.get("JAVA_HOME")
     if not shutil.which("java") and not (home and os.access(os.path.join(home, "bin", "java"), os.X_OK)):
         raise EnvironmentUnavailable("the environment runs on Java 17, and java is not on PATH (install "
                                      "openjdk-17-jre-headless, or set JAVA_HOME)")
-    old = os.environ.get("JAVA_TOOL_OPTIONS")
-    opts = [old] if old else []
-    if not (old and "-Xmx" in old):
-        opts.append(f"-Xmx{heap}")
-    if extra:
-        opts.append(extra)
-    os.environ["JAVA_TOOL_OPTIONS"] = " ".join(opts)
+    with _jvm_lock:
+        if _jvm_starting == 0:
+            _jvm_user_options = os.environ.get("JAVA_TOOL_OPTIONS")
+        _jvm_starting += 1
+        user = _jvm_user_options
+        opts = [user] if user else []
+        if not (user and "-Xmx" in user):
+            opts.append(f"-Xmx{heap}")
+        opts.append(JVM_QUIET)
+        if extra:
+            opts.append(extra)
+        os.environ["JAVA_TOOL_OPTIONS"] = " ".join(opts)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("JAVA_TOOL_OPTIONS", None)
-        else:
-            os.environ["JAVA_TOOL_OPTIONS"] = old
+        with _jvm_lock:
+            _jvm_starting -= 1
+            if _jvm_starting == 0:
+                if _jvm_user_options is None:
+                    os.environ.pop("JAVA_TOOL_OPTIONS", None)
+                else:
+                    os.environ["JAVA_TOOL_OPTIONS"] = _jvm_user_options
 
 
 def split_task_id(task_id: str, parts: int = 3) -> list[str]:
