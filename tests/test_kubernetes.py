@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.test_chart import render, rule_set
+from tratree_operator.jobs import configmap_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +208,11 @@ def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
     owners = {o["uid"] for j in kube.list("jobs", ns, "tratree.io/experiment=e2e")
               for o in j["metadata"]["ownerReferences"]}
     assert owners == {uid}
+    # its Pods read their own spec ConfigMap, not the old one's (which the collector deletes, and whose owner
+    # the operator may not change: that needs `delete` on ConfigMaps, which its RBAC does not grant)
+    assert kube.get("configmap", configmap_name("e2e", uid), ns)["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert configmap_name("e2e", uid) != configmap_name("e2e", old_uid)
+    assert not re.search(r"\(403\)|[Ff]orbidden", operator.log()), operator.log()[-3000:]
 
     # deleting it: the real garbage collector removes its Jobs, Pods and spec ConfigMap
     kube.kubectl("-n", ns, "delete", "w2sg", "e2e", "--wait=true")
@@ -624,7 +630,8 @@ def test_suspend_holds_new_jobs_and_resuming_continues(kube, operator, s3_env):
     st = wait_phase(kube, "paused.v1", ns, "Succeeded", operator, 300)
     jobs = kube.list("jobs", ns, "tratree.io/experiment=paused.v1")
     assert len(jobs) == len(st["stages"]) and all(j["metadata"]["name"].startswith("paused-v1-") for j in jobs)
-    assert kube.get("configmap", "paused-v1-spec", ns) is not None
+    uid = kube.get("w2sg", "paused.v1", ns)["metadata"]["uid"]
+    assert kube.get("configmap", configmap_name("paused.v1", uid), ns)["metadata"]["name"].startswith("paused-v1-spec-")
     kube.kubectl("-n", ns, "delete", "w2sg", "paused.v1")
 
 
@@ -659,7 +666,8 @@ def test_rbac_is_exactly_what_the_operator_uses(kube, operator, s3_env):
     assert "StageReplanned" in kube.kubectl("-n", ns, "describe", "w2sg", "edited")
     # only the edited stage (and what follows it) ran again
     assert sorted(jobs_made(kube, ns, "edited")) == sorted([*st["stages"], "eval-sft-weak-s0"])
-    assert "temperature: 0.5" in kube.get("configmap", "edited-spec", ns)["data"]["experiment.yaml"]
+    uid = kube.get("w2sg", "edited", ns)["metadata"]["uid"]
+    assert "temperature: 0.5" in kube.get("configmap", configmap_name("edited", uid), ns)["data"]["experiment.yaml"]
     calls = kube.calls_by(f"system:serviceaccount:{OPERATOR_NS}:tratree")
     rules = rule_set(next(d for d in render({}) if d["kind"] == "ClusterRole")["rules"])
     assert calls <= rules, f"called but not allowed: {calls - rules}"

@@ -22,6 +22,7 @@ from tests.cluster.harness import cluster
 from tests.cluster.kubelet import Kubelet, always
 from tratree.pipeline import plan
 from tratree.spec import parse_experiment
+from tratree_operator.jobs import configmap_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
         reasons = await c.wait_event("mini", "ExperimentSucceeded")
         assert reasons.count("StageStarted") == len(stages) and reasons.count("StageSucceeded") == len(stages)
         assert reasons[-1] == "ExperimentSucceeded"
-        cm = c.api.get("configmaps", "default", "mini-spec")
+        cm = c.api.get("configmaps", "default", configmap_name("mini", c.experiment("mini")["metadata"]["uid"]))
         assert cm["metadata"]["ownerReferences"][0]["name"] == "mini"
         assert not c.experiment("mini")["metadata"].get("finalizers")
         async with aiohttp.ClientSession() as http:

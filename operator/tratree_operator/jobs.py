@@ -47,8 +47,11 @@ def _name(*parts: str, limit: int = 63) -> str:
     return f"{clean[: limit - 9].rstrip('-')}-{digest}"
 
 
-def configmap_name(experiment: str) -> str:
-    return _name(experiment, "spec")
+def configmap_name(experiment: str, uid: str) -> str:
+    """``<experiment>-spec-<8 hex of the uid>``: an experiment deleted and applied again under the same name
+    gets its own ConfigMap instead of taking over the old one, still being garbage-collected (changing its
+    owner would need the ``delete`` verb on ConfigMaps, by OwnerReferencesPermissionEnforcement)."""
+    return f"{_name(experiment, 'spec', limit=54)}-{hashlib.sha256(uid.encode()).hexdigest()[:8]}"
 
 
 def job_name(experiment: str, stage: str, key: str, attempt: int, uid: str) -> str:
@@ -75,7 +78,7 @@ def configmap_manifest(meta: dict[str, Any], spec: ExperimentSpec) -> dict[str, 
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": configmap_name(meta["name"]),
+            "name": configmap_name(meta["name"], meta["uid"]),
             "namespace": meta["namespace"],
             "labels": {LABEL_EXPERIMENT: meta["name"], **MANAGED_BY},
             "ownerReferences": [owner_reference(meta)],
@@ -151,7 +154,7 @@ def job_manifest(
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [
-            {"name": "spec", "configMap": {"name": configmap_name(meta["name"])}},
+            {"name": "spec", "configMap": {"name": configmap_name(meta["name"], meta["uid"])}},
             {"name": "work", "emptyDir": {}},
             # NCCL and dataloader workers need more shared memory than the default 64 MiB
             {"name": "shm", "emptyDir": {"medium": "Memory"}},

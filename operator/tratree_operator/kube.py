@@ -133,14 +133,12 @@ class Kube:
         return True
 
     async def apply_configmap(self, manifest: dict[str, Any]) -> None:
-        """Create the ConfigMap, or bring an existing one up to date: its data and its owner. One left
-        by an experiment deleted and applied again under the same name still names the old owner,
-        and the garbage collector would delete it under the new experiment's Pods."""
+        """Create the ConfigMap, or bring an existing one's data up to date (a spec edited mid-run). Its
+        name holds its owner's uid, so an existing one always has this owner already."""
         if await self.create(manifest):
             return
         meta = manifest["metadata"]
-        patch = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
-                 "data": manifest["data"]}
+        patch = {"metadata": {"labels": meta["labels"]}, "data": manifest["data"]}
         try:
             await self._call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], patch,
                              _content_type="application/merge-patch+json")
