@@ -46,6 +46,13 @@ def variant(base: dict, method: str, seed: int, **changes: dict) -> dict:
     return body
 
 
+def base_body(path: str) -> dict:
+    """The experiment file as a resource body with its spec in full (defaults filled in)."""
+    exp = load_experiment(path)
+    return {"apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment", "metadata": {"name": exp.name},
+            "spec": exp.spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+
 def dev_reward(body: dict, store: str, stage: str, work: Path, dev_games: int) -> float:
     """Train what ``stage`` needs (cached in the store) and return its model's dev-split average reward."""
     spec = parse_experiment(body).spec
@@ -88,9 +95,7 @@ def main() -> None:
     parser.add_argument("--work", default="artifacts/select-work", help="kept evaluations")
     parser.add_argument("-o", "--output", required=True, help="markdown tables")
     args = parser.parse_args()
-    exp = load_experiment(args.experiment)
-    base = {"apiVersion": "tratree.io/v1alpha1", "kind": "W2SGExperiment", "metadata": {"name": exp.name},
-            "spec": exp.spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    base = base_body(args.experiment)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
