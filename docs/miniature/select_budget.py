@@ -86,29 +86,40 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> l
             *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fmt(rewards: list[float]) -> tuple[str, str]:
+    """Per-seed rewards and their mean, as table cells."""
+    return " / ".join(f"{r:.1f}" for r in rewards), f"{statistics.mean(rewards):.1f}"
+
+
+def selection_args(description: str) -> tuple[argparse.Namespace, dict, Path]:
+    """The options every selection script takes; the experiment as a body; the kept-evaluations folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--experiment", default=str(ROOT / "examples" / "miniature.yaml"))
     parser.add_argument("--artifacts", required=True, help="store URI (file://...)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="strong-side seeds")
-    parser.add_argument("--dev-games", type=int, default=24)
+    parser.add_argument("--dev-games", type=int, default=24, help="at most the spec's testTasks")
     parser.add_argument("--work", default="artifacts/select-work", help="kept evaluations")
     parser.add_argument("-o", "--output", required=True, help="markdown tables")
     args = parser.parse_args()
-    base = base_body(args.experiment)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    return args, base_body(args.experiment), work
 
-    def fmt(rewards: list[float]) -> tuple[str, str]:
-        return " / ".join(f"{r:.1f}" for r in rewards), f"{statistics.mean(rewards):.1f}"
 
+def sft_rewards(base: dict, side: str, args: argparse.Namespace, work: Path, **changes: dict) -> list[float]:
+    """Dev rewards of a side's expert SFT under ``changes``: the weak side once, the strong side per seed."""
+    seeds = [0] if side == "weak" else args.seeds
+    stage = "sft-weak" if side == "weak" else "sft-strong-s{seed}"
+    return [dev_reward(variant(base, f"sft-{side}", s, **changes), args.artifacts, stage.format(seed=s), work,
+                       args.dev_games) for s in seeds]
+
+
+def main() -> None:
+    args, base, work = selection_args(__doc__.splitlines()[0])
     sft_rows = []
     for side in ("weak", "strong"):
-        seeds = [0] if side == "weak" else args.seeds
-        stage = "sft-weak" if side == "weak" else "sft-strong-s{seed}"
         for epochs, lr in SFT_GRID[side]:
-            rewards = [dev_reward(variant(base, f"sft-{side}", s, **{f"{side}.sft": {"epochs": epochs, "learningRate": lr}}),
-                                  args.artifacts, stage.format(seed=s), work, args.dev_games) for s in seeds]
+            rewards = sft_rewards(base, side, args, work, **{f"{side}.sft": {"epochs": epochs, "learningRate": lr}})
             sft_rows.append((side, (epochs, lr), rewards))
     chosen = {side: best(sft_rows, side) for side in ("weak", "strong")}
     sft = {f"{side}.sft": {"epochs": e, "learningRate": lr} for side, (e, lr) in chosen.items()}
