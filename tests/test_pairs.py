@@ -11,11 +11,16 @@ from hypothesis import strategies as st
 from tests.conftest import make_traj
 from tests.strategies import trajectories
 from tratree.pairs import pairs_of_trees, random_pairs, tree_pairs
-from tratree.tree import build_trees
+from tratree.tree import build_trees, differ
 
 
 def step_tuple(steps):
     return [(s.observation, s.thought, s.action) for s in steps]
+
+
+def apart(a, b, gap):
+    """Values further apart than ``gap``; closer than rounding noise is a tie (tratree.tree.differ)."""
+    return differ(max(a, b), min(a, b), gap)
 
 
 def brute_force_count(tree, gap):
@@ -23,7 +28,7 @@ def brute_force_count(tree, gap):
     for cs in tree.children:
         for i in range(len(cs)):
             for j in range(i + 1, len(cs)):
-                n += abs(tree.value(cs[i]) - tree.value(cs[j])) > gap
+                n += apart(tree.value(cs[i]), tree.value(cs[j]), gap)
     return n
 
 
@@ -166,7 +171,7 @@ def test_random_pairs_are_whole_trajectories_with_different_scores(trajs, seed, 
         assert tuple(step_tuple(p.chosen)) in whole and tuple(step_tuple(p.rejected)) in whole
         used.add(frozenset([tuple(step_tuple(p.chosen)), tuple(step_tuple(p.rejected))]))
     assert len(used) == len(pairs)  # no pair twice
-    possible = sum(abs(tree.end_value(a) - tree.end_value(b)) > gap for i, a in enumerate(ends) for b in ends[i + 1 :])
+    possible = sum(apart(tree.end_value(a), tree.end_value(b), gap) for i, a in enumerate(ends) for b in ends[i + 1 :])
     assert len(pairs) == min(count, possible)
 
 
@@ -178,5 +183,19 @@ def test_random_pairs_match_treedpo_pair_counts_per_task(trajs, gap):
     random_counts = Counter(p.task_id for p in pairs_of_trees(trees, "random", gap, seed=3))
     for tree in trees:
         ends = [v for v in range(1, len(tree)) if tree.ends[v]]
-        possible = sum(abs(tree.end_value(a) - tree.end_value(b)) > gap for i, a in enumerate(ends) for b in ends[i + 1 :])
+        possible = sum(apart(tree.end_value(a), tree.end_value(b), gap) for i, a in enumerate(ends) for b in ends[i + 1 :])
         assert random_counts[tree.task_id] == min(tree_counts[tree.task_id], possible)
+
+
+def test_equal_scores_are_a_tie_even_where_a_mean_rounds_differently():
+    """Hypothesis found it: three episodes of score x through one child and one through its sibling give
+    the values 3x/3 and x, which differ in the last bit; that is a tie, so no pair and no value gap."""
+    from tratree.tree import informativeness
+
+    x = 0.43971993756989136
+    trajs = [make_traj("t", ["go", "go"], x), make_traj("t", ["go", "go"], x), make_traj("t", ["go", "take"], x),
+             make_traj("t", ["go", "go", "go"], x)]
+    tree, = build_trees(trajs)
+    assert tree_pairs(tree, 0.0, "leaf") == [] and tree_pairs(tree, 0.0, "first-step") == []
+    assert random_pairs(tree, random.Random(0), 5) == []
+    assert informativeness([tree])["divergence_points_with_value_gap"] == 0

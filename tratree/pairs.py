@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from tratree.formats import Pair, Step, Trajectory
-from tratree.tree import Tree, task_rng
+from tratree.tree import Tree, differ, task_rng
 
 Continuation = Literal["leaf", "first-step"]
 PairMode = Literal["tree", "random"]
@@ -49,11 +49,10 @@ def _node_pairs(vals: list[float], min_gap: float, cap: int | None) -> list[tupl
         out = []
         for i in range(n):
             for j in range(i + 1, n):
-                gap = vals[i] - vals[j]
-                if gap > min_gap:
-                    out.append((gap, i, j))
-                elif -gap > min_gap:
-                    out.append((-gap, j, i))
+                if differ(vals[i], vals[j], min_gap):
+                    out.append((vals[i] - vals[j], i, j))
+                elif differ(vals[j], vals[i], min_gap):
+                    out.append((vals[j] - vals[i], j, i))
         return out
     # children by value, best first: the widest gaps pair the front with the back, so walk the
     # (front, back) grid from its widest corner with a heap
@@ -63,7 +62,7 @@ def _node_pairs(vals: list[float], min_gap: float, cap: int | None) -> list[tupl
     picked = []
     while heap and len(picked) < cap:
         neg, a, b = heapq.heappop(heap)
-        if -neg <= min_gap:
+        if not differ(vals[order[a]], vals[order[b]], min_gap):
             break
         picked.append((-neg, order[a], order[b]))
         for na, nb in ((a + 1, b), (a, b - 1)):
@@ -184,7 +183,8 @@ def random_pairs(tree: Tree, rng: random.Random, count: int, min_gap: float = 0.
     if count > 0 and len(ends) >= 2:
         total = len(ends) * (len(ends) - 1) // 2
         if total <= max(4 * count, 50_000):
-            candidates = [(a, b) for i, a in enumerate(ends) for b in ends[i + 1 :] if abs(score[a] - score[b]) > min_gap]
+            candidates = [(a, b) for i, a in enumerate(ends) for b in ends[i + 1 :]
+                          if differ(max(score[a], score[b]), min(score[a], score[b]), min_gap)]
             picked = rng.sample(candidates, min(count, len(candidates)))
         else:
             # too many trajectories to list every pair: draw pairs until enough distinct ones
@@ -192,7 +192,7 @@ def random_pairs(tree: Tree, rng: random.Random, count: int, min_gap: float = 0.
             for _ in range(20 * count):
                 a, b = rng.sample(ends, 2)
                 key = (min(a, b), max(a, b))
-                if key not in seen and abs(score[a] - score[b]) > min_gap:
+                if key not in seen and differ(max(score[a], score[b]), min(score[a], score[b]), min_gap):
                     seen.add(key)
                     picked.append(key)
                     if len(picked) == count:

@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 # (texts) -> L2-normalised embedding matrix, one row per text (numpy array)
 Embedder = Callable[[list[str]], Any]
 
+# Node values are means (sum / count), so equal scores can differ in the last bits (3x/3 != x); a
+# difference this small is a tie, never a preference.
+VALUE_TOLERANCE = 1e-9
+
+
+def differ(a: float, b: float, by: float = 0.0) -> bool:
+    """Whether value ``a`` exceeds ``b`` by more than ``by`` plus rounding noise."""
+    return a - b > by + VALUE_TOLERANCE
+
 
 class Tree:
     """One task's trajectory tree. Node 0 is the root; a node's parent always precedes it."""
@@ -391,7 +400,7 @@ def informativeness(trees: Iterable[Tree]) -> dict[str, float | int]:
             gap = max(values) - min(values)
             points += 1
             spread += gap
-            if gap > 0:
+            if differ(max(values), min(values)):
                 informative += 1
                 found = True
         informative_tasks += found
