@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import make_traj
 from tests.test_formats import conversation
+from tratree.formats import Trajectory
 
 
 @pytest.fixture
@@ -46,8 +47,21 @@ def test_build_stats_pairs_mcts_render_pipeline(cli, tmp_path, traj_file):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert len(rows) == 3 and all(p["chosen_value"] - p["rejected_value"] > 0.1 for p in rows)
+    # random pairs come from the explored trajectories: a trees file alone is refused, in one line, with no output
+    pairs.unlink()
     r = cli("pairs", str(trees), "-o", str(pairs), "--mode", "random", "--seed", "3")
-    assert r.returncode == 0 and all(json.loads(x)["kind"] == "random" for x in pairs.read_text().splitlines())
+    assert r.returncode == 2 and "--trajectories" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not pairs.exists()
+    explored = {tuple(s.action for s in t.steps): t.score for t in map(Trajectory.model_validate_json,
+                                                                       traj_file.read_text().splitlines())}
+    for args in (["--trajectories", str(traj_file)], []):
+        source = str(trees) if args else str(traj_file)
+        r = cli("pairs", source, *args, "-o", str(pairs), "--mode", "random", "--seed", "3")
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in pairs.read_text().splitlines()]
+        assert rows and all(p["kind"] == "random" and p["prefix"] == [] for p in rows)
+        for p in rows:  # whole explored trajectories with their own scores
+            assert explored[tuple(s["action"] for s in p["chosen"])] == p["chosen_value"] > p["rejected_value"]
 
     paths = tmp_path / "paths.jsonl"
     r = cli("mcts", str(trees), "-o", str(paths), "--iterations", "200", "--exploration", "1.0", "--seed", "1")

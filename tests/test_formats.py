@@ -164,3 +164,22 @@ def test_eto_file_that_is_not_a_list_or_not_json(tmp_path):
     p.write_text('[\n{"id": 1,\n')
     with pytest.raises(FormatError, match=r"eto\.json:\d+: not valid JSON"):
         read_eto(p)
+
+
+def test_gold_runs_below_full_score_are_dropped_and_counted_by_task_type(monkeypatch, capsys):
+    """ScienceWorld's own gold path can end below full score under ETO's simplifications: that is not expert
+    data, so it is dropped with a warning naming how many and which task types; keepPartial keeps it; a
+    stage left with none fails in one line."""
+    from tests.conftest import make_traj, small_spec
+    from tratree import expert
+
+    gold = [make_traj("grow-fruit/train/93", ["look"], 0.46), make_traj("boil/train/1", ["look"], 1.0),
+            make_traj("grow-fruit/train/94", ["look"], 0.2), make_traj("melt/train/2", ["look"], 1.0)]
+    monkeypatch.setattr(expert, "gold_trajectories", lambda spec, split, limit: iter(gold))
+    kept = expert.expert_trajectories(small_spec(), "train")
+    assert [t.task_id for t in kept] == ["boil/train/1", "melt/train/2"]
+    assert "dropped 2 of 4 gold runs that end below full score (2 grow-fruit)" in capsys.readouterr().err
+    assert len(expert.expert_trajectories(small_spec(expert={"keepPartial": True}), "train")) == 4
+    gold[1:] = [make_traj("boil/train/1", ["look"], 0.9)]
+    with pytest.raises(expert.NoExpertData, match=r"all 2 gold runs .* \(1 boil, 1 grow-fruit\).*keepPartial"):
+        expert.expert_trajectories(small_spec(), "train")

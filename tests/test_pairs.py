@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_traj
 from tests.strategies import trajectories
-from tratree.pairs import pairs_of_trees, random_pairs, tree_pairs
+from tratree.pairs import (
+    coinciding,
+    count_tree_pairs,
+    pairs_of_trees,
+    random_pairs,
+    random_pairs_of_tasks,
+    tree_pairs,
+)
 from tratree.tree import build_trees, differ
 
 
@@ -157,34 +164,85 @@ def test_every_pair_is_a_divergence_with_the_gap_and_a_shared_prefix(trajs, gap,
 @settings(max_examples=150, deadline=None)
 @given(trajs=trajectories(tasks=1, max_size=14), seed=st.integers(0, 5), count=st.integers(0, 8),
        gap=st.sampled_from([0.0, 0.2]))
-def test_random_pairs_are_whole_trajectories_with_different_scores(trajs, seed, count, gap):
-    tree, = build_trees(trajs)
-    pairs = random_pairs(tree, random.Random(seed), count, gap)
-    assert pairs == random_pairs(tree, random.Random(seed), count, gap)  # seeded
-    # a whole trajectory, as the tree keeps it: the first trajectory's thoughts on merged nodes
-    ends = [v for v in range(1, len(tree)) if tree.ends[v]]
-    whole = {tuple(step_tuple(tree.steps(tree.path_to(v)))) for v in ends}
+def test_random_pairs_are_whole_explored_trajectories_as_generated(trajs, seed, count, gap):
+    pairs = random_pairs(trajs, random.Random(seed), count, gap)
+    assert pairs == random_pairs(trajs, random.Random(seed), count, gap)  # seeded
+    # each side is one explored trajectory exactly as generated: its own thoughts and observations
+    raw = {(tuple(step_tuple(t.steps)), t.score) for t in trajs}
+    first_of = {}
+    for t in trajs:
+        first_of.setdefault(tuple(s.action for s in t.steps), tuple(step_tuple(t.steps)))
     used = set()
     for p in pairs:
         assert p.prefix == [] and p.kind == "random"
         assert p.chosen_value - p.rejected_value > gap
-        assert tuple(step_tuple(p.chosen)) in whole and tuple(step_tuple(p.rejected)) in whole
+        for side, value in ((p.chosen, p.chosen_value), (p.rejected, p.rejected_value)):
+            assert (tuple(step_tuple(side)), value) in raw
+            assert first_of[tuple(s.action for s in side)] == tuple(step_tuple(side))  # a sequence's first sample
         used.add(frozenset([tuple(step_tuple(p.chosen)), tuple(step_tuple(p.rejected))]))
     assert len(used) == len(pairs)  # no pair twice
-    possible = sum(apart(tree.end_value(a), tree.end_value(b), gap) for i, a in enumerate(ends) for b in ends[i + 1 :])
+    distinct = {}
+    for t in trajs:
+        if t.steps:
+            distinct.setdefault(tuple(s.action for s in t.steps), t.score)  # a sequence's first sample
+    scores = list(distinct.values())
+    possible = sum(apart(a, b, gap) for i, a in enumerate(scores) for b in scores[i + 1 :])
     assert len(pairs) == min(count, possible)
+    # pairs that share no first step come first: a pair sharing one means no apart pair was left unpicked
+    firsts = [(p.chosen[0].action == p.rejected[0].action) for p in pairs]
+    apart_possible = sum(apart(distinct[a], distinct[b], gap) and a[0] != b[0]
+                         for i, a in enumerate(distinct) for b in list(distinct)[i + 1 :])
+    assert firsts.count(False) == min(len(pairs), apart_possible)
 
 
 @settings(max_examples=100, deadline=None)
 @given(trajs=trajectories(tasks=3, max_size=20), gap=st.sampled_from([0.0, 0.2]))
 def test_random_pairs_match_treedpo_pair_counts_per_task(trajs, gap):
     trees = build_trees(trajs)
-    tree_counts = Counter(p.task_id for p in pairs_of_trees(trees, "tree", gap))
-    random_counts = Counter(p.task_id for p in pairs_of_trees(trees, "random", gap, seed=3))
-    for tree in trees:
-        ends = [v for v in range(1, len(tree)) if tree.ends[v]]
-        possible = sum(apart(tree.end_value(a), tree.end_value(b), gap) for i, a in enumerate(ends) for b in ends[i + 1 :])
-        assert random_counts[tree.task_id] == min(tree_counts[tree.task_id], possible)
+    tree_counts = Counter(p.task_id for p in pairs_of_trees(trees, gap))
+    counts = {t.task_id: count_tree_pairs(t, gap) for t in trees}
+    random_counts = Counter(p.task_id for p in random_pairs_of_tasks(trajs, counts, gap, seed=3))
+    for task in counts:
+        first = {}
+        for t in trajs:
+            if t.task_id == task and t.steps:
+                first.setdefault(tuple(s.action for s in t.steps), t.score)
+        scores = list(first.values())
+        possible = sum(apart(a, b, gap) for i, a in enumerate(scores) for b in scores[i + 1 :])
+        assert random_counts[task] == min(tree_counts[task], possible)
+
+
+def test_random_pairs_keep_their_own_thoughts_and_differ_from_tree_pairs_where_they_can():
+    """A hand-made task: 'open fridge' then milk (1.0) or egg (0.0); 'look' then egg (0.0) or milk (0.5).
+    The tree gives three pairs (root, fridge, look); the three random pairs are the three of different
+    score whose first actions differ, each side a sample as generated, and only one of them (fridge-milk
+    vs look-egg: the root's tree pair) compares what a tree pair compares."""
+    def traj(actions, score, thought):
+        t = make_traj("t", actions, score)
+        return t.model_copy(update={"steps": [s.model_copy(update={"thought": f"{thought} {i}"})
+                                              for i, s in enumerate(t.steps)]})
+
+    trajs = [traj(["open fridge", "take milk"], 1.0, "first"), traj(["open fridge", "take egg"], 0.0, "second"),
+             traj(["look", "take egg"], 0.0, "third"), traj(["look", "take milk"], 0.5, "fourth"),
+             traj(["open fridge", "take milk"], 1.0, "copy")]
+    tree, = build_trees(trajs)
+    tree_side = tree_pairs(tree)
+    assert len(tree_side) == count_tree_pairs(tree) == 3
+    random_side = random_pairs(trajs, random.Random(0), 3)
+    compared = {(tuple(s.action for s in p.chosen), tuple(s.action for s in p.rejected)) for p in random_side}
+    assert compared == {(("open fridge", "take milk"), ("look", "take egg")),
+                        (("open fridge", "take milk"), ("look", "take milk")),
+                        (("look", "take milk"), ("open fridge", "take egg"))}
+    assert all(p.chosen[0].action != p.rejected[0].action for p in random_side)
+    assert coinciding(random_side, tree_side) == 1 and coinciding(tree_side, tree_side) == 3
+    # the explored sample's own thoughts, where the tree keeps the first sample's on the merged 'open fridge'
+    (egg,) = [p.rejected for p in random_side if p.rejected[1].action == "take egg" and p.rejected[0].action != "look"]
+    assert [s.thought for s in egg] == ["second 0", "second 1"]
+    node_pair = next(p for p in tree_side if p.node != 0)
+    assert [s.thought for s in node_pair.prefix] == ["first 0"]
+    # a sequence sampled twice counts once, as its first sample
+    assert all(s.thought.startswith("first") for p in random_side for s in p.chosen if s.action == "take milk"
+               and p.chosen[0].action == "open fridge")
 
 
 def test_equal_scores_are_a_tie_even_where_a_mean_rounds_differently():
@@ -197,5 +255,5 @@ def test_equal_scores_are_a_tie_even_where_a_mean_rounds_differently():
              make_traj("t", ["go", "go", "go"], x)]
     tree, = build_trees(trajs)
     assert tree_pairs(tree, 0.0, "leaf") == [] and tree_pairs(tree, 0.0, "first-step") == []
-    assert random_pairs(tree, random.Random(0), 5) == []
+    assert random_pairs(trajs, random.Random(0), 5) == []
     assert informativeness([tree])["divergence_points_with_value_gap"] == 0

@@ -49,6 +49,35 @@ def test_plan_covers_every_method_in_dependency_order(mini):
     assert [s.name for s in select(stages, ["mcts"])] == ["expert", "tokenizer", "sft-weak", "explore", "trees", "mcts"]
 
 
+def test_mcts_start_and_per_seed_exploration_shape_the_graph(mini):
+    """mcts.init: sft-strong trains the e* paths from each seed's sft-strong; exploration.perSeed gives each
+    seed its own exploration (its own sampling seed), trees, pairs and MCTS paths; off, one draw for all."""
+    from tratree.pipeline import fingerprints
+
+    body = spec_to_manifest(mini)["spec"]
+    one = {s.name: s for s in plan(mini.spec)}
+    assert one["w2s-mcts-s0"].inputs == ("mcts", "tokenizer")  # base: the strong model as it comes
+    assert set(one["report"].inputs) >= {"trees", "mcts", "pairs", "random-pairs"}
+    assert one["random-pairs"].inputs == ("trees", "explore")  # drawn from the trajectories as explored
+    body["mcts"]["init"] = "sft-strong"
+    body["exploration"]["perSeed"] = True
+    body["seeds"] = [0, 1]
+    two = {s.name: s for s in plan(parse_experiment(body).spec)}
+    for seed in (0, 1):
+        assert two[f"w2s-mcts-s{seed}"].inputs == (f"mcts-s{seed}", "tokenizer", f"sft-strong-s{seed}")
+        assert two[f"w2s-mcts-s{seed}"].params["init"] == f"sft-strong-s{seed}"
+        assert two[f"explore-s{seed}"].params["exploration"]["seed"] == mini.spec.exploration.seed + seed
+        assert two[f"w2s-treedpo-s{seed}"].inputs[1] == f"pairs-s{seed}"
+        assert two[f"random-pairs-s{seed}"].inputs == (f"trees-s{seed}", f"explore-s{seed}")
+    assert "explore" not in two and "trees" not in two
+    assert {"trees-s0", "trees-s1", "mcts-s1", "random-pairs-s1"} <= set(two["report"].inputs)
+    keys, again = fingerprints(plan(mini.spec)), fingerprints(plan(parse_experiment(body).spec))
+    assert keys["sft-weak"] == again["sft-weak"] and keys["explore"] != again["explore-s1"]
+    # the search itself does not depend on where its paths' SFT starts
+    assert keys["mcts"] == fingerprints(plan(parse_experiment({**body, "exploration": {
+        **body["exploration"], "perSeed": False}}).spec))["mcts"]
+
+
 def test_full_run_reports_every_method_and_reruns_nothing(full_run, mini):
     root, outcomes = full_run
     assert all(o.status == "done" for o in outcomes.values())

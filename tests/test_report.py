@@ -34,7 +34,8 @@ def test_dpo_pair_counts_and_the_finished_rate_reach_the_table():
                for s, n in enumerate([12, 0])]
     table = results_table(metrics, ["w2s-treedpo"])
     assert table["w2s-treedpo"]["pairs"] == [12, 0] and table["w2s-treedpo"]["finished_rate"]["mean"] == 50.0
-    assert "| 12/0 | 25.0 | 2 |" in markdown(table, "t")  # DPO pairs per seed, invalid actions (mean)
+    # DPO pairs and optimizer steps per seed, invalid actions (mean); three steps are flagged
+    assert "| w2s-treedpo ⚠ |" in markdown(table, "t") and "| 12/0 | 3/3 | 25.0 | 2 |" in markdown(table, "t")
 
 
 def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_model():
@@ -42,7 +43,7 @@ def test_no_p_value_with_one_seed_and_no_gap_when_the_ceiling_is_below_the_weak_
                           + rows("w2s-mcts", [0.0]), ["sft-weak", "sft-strong", "w2s-mcts", "ceiling"])
     assert table["w2s-mcts"]["p_value_vs_sft_strong"] is None
     assert all("gap_recovered" not in row for row in table.values())
-    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 | — | — | — | — | 0.0 | 1 |" in markdown(table, "t")
+    assert "| w2s-mcts | 0.0 ± 0.0 | 0.0 ± 0.0 | 0.0 | — | — | — | — | — | 0.0 | 1 |" in markdown(table, "t")
 
 
 def test_invalid_actions_are_the_environments_refusals_and_replies_without_an_action():
@@ -81,3 +82,46 @@ def test_the_report_plots_every_trained_models_losses(tmp_path):
     assert matplotlib.image.imread(tmp_path / "pretrained.png").shape[1] > matplotlib.image.imread(
         tmp_path / "training.png").shape[1]
     assert not plot_training([{"method": "sft-weak", "seed": 0}], {}, tmp_path / "none.png")
+
+
+def per_task_rows(method, per_seed, steps=None):
+    """Metrics of one method: per seed, the scores of its games (and, given, its optimizer steps)."""
+    out = []
+    for seed, scores in enumerate(per_seed):
+        row = {"method": method, "average_reward": 100 * sum(scores) / len(scores), "success_rate": 0.0, "seed": seed,
+               "per_task": {f"g{i}": {"score": s} for i, s in enumerate(scores)}}
+        if steps is not None:
+            row["training"] = {"steps": steps[seed], "pairs": 5}
+        out.append(row)
+    return out
+
+
+def test_the_paired_comparison_is_over_games_averaged_over_seeds_and_holm_corrected():
+    base = [[0.0, 0.5, 1.0, 0.0], [0.0, 0.5, 0.5, 0.0]]
+    dpo = [[0.5, 0.5, 1.0, 0.5], [0.0, 1.0, 1.0, 0.5]]  # per game, over seeds: +0.25, +0.25, +0.25, +0.5
+    mcts = [[0.0, 0.5, 1.0, 1.0], [1.0, 0.5, 0.5, 0.0]]  # +0.5, 0, 0, +0.5
+    metrics = per_task_rows("sft-strong", base) + per_task_rows("w2s-treedpo", dpo, [30, 30]) \
+        + per_task_rows("w2s-mcts", mcts, [40, 40])
+    table = results_table(metrics, ["sft-strong", "w2s-mcts", "w2s-treedpo"])
+    from tratree.stats import paired_t
+
+    t = table["w2s-treedpo"]
+    assert t["paired_mean"] == pytest.approx(31.25) and t["paired_games"] == 4 and t["paired_seeds"] == 2
+    assert t["paired_p"] == pytest.approx(paired_t([0.25, 0.25, 0.25, 0.5]))
+    assert t["paired_ci"][0] <= 31.25 <= t["paired_ci"][1]
+    m = table["w2s-mcts"]
+    assert m["paired_mean"] == pytest.approx(25.0) and m["paired_p"] == pytest.approx(paired_t([0.5, 0, 0, 0.5]))
+    # Holm over the two primary hypotheses: the smaller p doubled, the larger kept (or the first, if larger)
+    small, large = sorted([t["paired_p"], m["paired_p"]])
+    assert sorted([t["holm_p"], m["holm_p"]]) == pytest.approx([min(1, 2 * small), max(min(1, 2 * small), large)])
+    assert t["optimizer_steps"] == [30, 30] and not t["few_steps"]
+    text = markdown(table, "t")
+    assert "## Paired against sft-strong, game by game" in text and "| w2s-treedpo | +31.2 |" in text
+
+
+def test_a_row_trained_in_fewer_than_ten_steps_is_marked():
+    metrics = per_task_rows("sft-strong", [[0.0, 1.0]]) + per_task_rows("eto", [[0.0, 1.0]], [2])
+    table = results_table(metrics, ["sft-strong", "eto"])
+    assert table["eto"]["optimizer_steps"] == [2] and table["eto"]["few_steps"]
+    text = markdown(table, "t")
+    assert "| eto ⚠ |" in text and "eto: a training run of fewer than 10 optimizer steps" in text

@@ -130,6 +130,47 @@ def test_dpo_against_the_weak_reference(tmp_path, tok):
     assert result["losses"][-1] < result["losses"][0]
 
 
+def test_a_dpo_of_three_pairs_reports_what_it_did_and_says_it_took_few_steps(tmp_path, tok, capfd):
+    pairs = two_step_pairs()[:3]
+    weak = build_model("weak", tok, seed=3)
+    policy = build_model("strong", tok, seed=4)
+    beta = 0.1
+    examples = [dpo_example(tok, "textworldexpress", p) for p in pairs]
+    by_hand = []
+    for ex in examples:  # DPO's implicit reward margin of the untrained policy, computed here token by token
+        (pc, _), (pr, _) = masked_logps(policy, ex, "chosen"), masked_logps(policy, ex, "rejected")
+        (wc, _), (wr, _) = masked_logps(weak, ex, "chosen"), masked_logps(weak, ex, "rejected")
+        by_hand.append(beta * ((pc - wc) - (pr - wr)))
+    spec = DPOTrainingSpec(epochs=1, learning_rate=1e-3, batch_size=1, micro_batch_size=1, max_length=1024, beta=beta,
+                           warmup_ratio=0.03)
+    result = train_dpo(policy, tok, pairs, "textworldexpress", spec, tmp_path / "dpo", ref_model=weak,
+                       ref_tokenizer=tok)
+    # three steps, each at the full learning rate: warmup is floor(0.03 x 3) = 0, not a step at 0
+    assert result["steps"] == result["planned_steps"] == 3
+    assert result["lr_sum"] == pytest.approx(3 * 1e-3)
+    assert result["few_steps"] and result["weight_change"] > 0
+    before, after = result["preference"]["before"], result["preference"]["after"]
+    assert before["margin"] == pytest.approx(sum(by_hand) / 3, rel=1e-3, abs=1e-4)
+    assert before["accuracy"] == pytest.approx(sum(m > 0 for m in by_hand) / 3)
+    assert after["margin"] > before["margin"] and after["accuracy"] == 1.0
+    assert "DPO on 3 pairs: only 3 optimizer step(s) (under 10)" in capfd.readouterr().err
+
+
+def test_sft_takes_the_planned_steps_and_measures_how_far_the_weights_moved(tmp_path, tok, gold):
+    model = build_model("weak", tok, seed=0)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # 7 trajectories, micro-batch 2, batch 4, 1.5 epochs: a partial micro-batch, accumulation and epoch
+    spec = TrainingSpec(epochs=1.5, learning_rate=5e-3, batch_size=4, micro_batch_size=2, max_length=2048,
+                        warmup_ratio=0.5, lr_scheduler="constant_with_warmup")
+    result = train_sft(model, tok, gold[0][:7], "textworldexpress", spec, tmp_path / "weak")
+    assert result["steps"] == result["planned_steps"] == 3
+    # one warmup step (floor 0.5 x 3): the first update at 0, then two at the full rate
+    assert result["lr_sum"] == pytest.approx(2 * 5e-3)
+    moved = sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in model.named_parameters()) ** 0.5
+    norm = sum(float(t.pow(2).sum()) for t in start.values()) ** 0.5
+    assert result["weight_change"] == pytest.approx(moved / norm, rel=1e-4) and result["weight_change"] > 0
+
+
 def test_mismatched_reference_tokenizer_is_refused(tmp_path, tok, gold):
     other = train_tokenizer(["completely different text for another tokenizer"] * 20)
     with pytest.raises(TokenizerMismatch, match="tokenizer differs"):
@@ -151,7 +192,7 @@ def test_lora_round_trips_and_same_seed_same_weights(tmp_path, tok, gold):
 
     save_model(build_model("weak", tok, seed=0), tok, base_dir)
     model, _ = load_causal_lm(str(base_dir))
-    train_sft(model, tok, train, "textworldexpress", spec, tmp_path / "adapter", lora=lora)
+    result = train_sft(model, tok, train, "textworldexpress", spec, tmp_path / "adapter", lora=lora)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     adapter, _ = load_causal_lm(str(tmp_path / "adapter"))
     x = torch.tensor([tok("You are in the kitchen.")["input_ids"]])
@@ -159,6 +200,11 @@ def test_lora_round_trips_and_same_seed_same_weights(tmp_path, tok, gold):
         adapter_logits = adapter(x).logits
         merged = adapter.merge_and_unload()
         assert torch.allclose(merged(x).logits, adapter_logits, atol=1e-5)
+    # how far a LoRA run moved the weights: its merged weights against the base model's
+    base = dict(load_causal_lm(str(base_dir))[0].named_parameters())
+    moved = sum(float((p.detach() - base[n].detach()).pow(2).sum()) for n, p in merged.named_parameters()) ** 0.5
+    norm = sum(float(p.detach().pow(2).sum()) for p in base.values()) ** 0.5
+    assert result["weight_change"] == pytest.approx(moved / norm, rel=1e-3) and result["weight_change"] > 0
     from tratree.train.models import save_model as save
 
     save(merged, tok, tmp_path / "merged")

@@ -111,11 +111,22 @@ def cmd_tree_render(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from tratree.pairs import pairs_of_trees
+    from tratree.pairs import count_tree_pairs, pairs_of_trees, random_pairs_of_tasks
+    from tratree.records import record_kind
 
     trees = _read_trajectories_or_trees(args.trees)
-    pairs = pairs_of_trees(trees, args.mode, args.min_gap, args.continuation, args.max_pairs_per_tree, args.seed,
-                           None if args.max_pairs_per_node == 0 else args.max_pairs_per_node)
+    cap = None if args.max_pairs_per_node == 0 else args.max_pairs_per_node
+    if args.mode == "tree":
+        pairs = pairs_of_trees(trees, args.min_gap, args.continuation, args.max_pairs_per_tree, cap)
+    else:
+        from tratree.formats import Trajectory, read_jsonl
+
+        source = args.trajectories or (args.trees if record_kind(args.trees) == "trajectory" else None)
+        if source is None:
+            raise CLIError(f"{args.trees}: random pairs are drawn from the explored trajectories: give them with "
+                           "--trajectories TRAJ.jsonl (or pass the trajectories file instead of the trees)")
+        counts = {t.task_id: count_tree_pairs(t, args.min_gap, args.max_pairs_per_tree, cap) for t in trees}
+        pairs = random_pairs_of_tasks(read_jsonl(source, Trajectory), counts, args.min_gap, args.seed)
     n = _write_lines(args.output, (p.model_dump_json() for p in pairs))
     print(f"{n} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
 
@@ -512,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("trees")
     sp.add_argument("-o", "--output", required=True)
     sp.add_argument("--min-gap", type=_non_negative_float, default=0.0)
-    sp.add_argument("--mode", choices=["tree", "random"], default="tree")
+    sp.add_argument("--mode", choices=["tree", "random"], default="tree",
+                    help="random: Table 5's baseline, whole explored trajectories of different score, as many per "
+                    "task as its tree gives TreeDPO pairs")
+    sp.add_argument("--trajectories", help="the explored trajectories random pairs are drawn from (random mode, "
+                    "when TREES is a trees file)")
     sp.add_argument("--continuation", choices=["leaf", "first-step"], default="leaf")
     sp.add_argument("--max-pairs-per-tree", type=_positive_int, default=None)
     sp.add_argument("--max-pairs-per-node", type=_non_negative_int, default=15,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Iterator
 
 from tratree.envs import env_factory, env_pool, task_ids
+from tratree.errors import UserError
 from tratree.formats import Step, Trajectory, read_eto, read_jsonl
 from tratree.spec import ExperimentSpec
+
+
+class NoExpertData(UserError, ValueError):
+    """Every gold run ended below full score: there is no expert data to train on."""
 
 
 def templated_thought(action: str) -> str:
@@ -51,8 +58,25 @@ def with_environment_ids(trajs: list[Trajectory], env: str, split: str, source: 
     return out
 
 
+def task_type(task_id: str) -> str:
+    """The game or task type of a task id ('cookingworld/train/17' -> 'cookingworld')."""
+    return task_id.split("/", 1)[0]
+
+
+def full_score_only(trajs: list[Trajectory], keep_partial: bool = False) -> tuple[list[Trajectory], Counter[str]]:
+    """The gold runs at full score, and how many of each task type were dropped (none with ``keep_partial``)."""
+    if keep_partial:
+        return trajs, Counter()
+    dropped = Counter(task_type(t.task_id) for t in trajs if t.score < 1.0)
+    return [t for t in trajs if t.score >= 1.0], dropped
+
+
 def expert_trajectories(spec: ExperimentSpec, split: str = "train", limit: int | None = None) -> list[Trajectory]:
-    """D_expert as the spec says: gold runs of the environment, or the file it names."""
+    """D_expert as the spec says: gold runs of the environment, or the file it names.
+
+    Gold runs that end below full score are not expert data: they are dropped with a warning naming how
+    many and which task types (``expert.keepPartial`` keeps them), and none left is an error. A file is
+    taken as it is."""
     if spec.expert.source == "file":
         assert spec.expert.path is not None
         if spec.expert.format == "eto":
@@ -60,4 +84,13 @@ def expert_trajectories(spec: ExperimentSpec, split: str = "train", limit: int |
         else:
             trajs = read_jsonl(spec.expert.path, Trajectory)
         return trajs if limit is None else trajs[:limit]
-    return list(gold_trajectories(spec, split, limit))
+    gold = list(gold_trajectories(spec, split, limit))
+    kept, dropped = full_score_only(gold, spec.expert.keep_partial)
+    if dropped:
+        types = ", ".join(f"{n} {name}" for name, n in sorted(dropped.items()))
+        if not kept:
+            raise NoExpertData(f"expert: all {len(gold)} gold runs of the {split} tasks end below full score ({types}); "
+                               "nothing to train on (expert.keepPartial: true keeps them)")
+        print(f"tratree: warning: expert: dropped {sum(dropped.values())} of {len(gold)} gold runs that end below "
+              f"full score ({types}); expert.keepPartial: true keeps them", file=sys.stderr)
+    return kept

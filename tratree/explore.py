@@ -30,14 +30,17 @@ def split_tasks(spec: ExperimentSpec, split: str = "train", limit: int | None = 
     return tasks if limit is None else tasks[:limit]
 
 
-def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, samples: int | None = None) -> list[Episode]:
-    """M episodes per task (``samples`` overrides M); sample k uses grid entry k mod len(grid)."""
+def exploration_episodes(spec: ExperimentSpec, tasks: list[str], policy: str, samples: int | None = None,
+                         seed: int | None = None) -> list[Episode]:
+    """M episodes per task (``samples`` overrides M); sample k uses grid entry k mod len(grid); ``seed``
+    (default: the spec's) draws the samples."""
     grid = spec.exploration.sampling
+    seed = spec.exploration.seed if seed is None else seed
     out = []
     for task in tasks:
         for k in range(samples or spec.exploration.trajectories_per_task):
             s = grid[k % len(grid)]
-            out.append(Episode(task, s.temperature, s.top_p, episode_seed(spec.exploration.seed, task, k),
+            out.append(Episode(task, s.temperature, s.top_p, episode_seed(seed, task, k),
                                {"policy": policy, "sample": k}))
     return out
 

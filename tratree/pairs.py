@@ -1,5 +1,5 @@
-"""Preference pairs from trajectory trees: TreeDPO pairs at divergence points (paper, Sec. 3.2)
-and the unstructured baseline of Table 5 (random pairs of whole trajectories).
+"""Preference pairs: TreeDPO pairs at divergence points of trajectory trees (paper, Sec. 3.2), the
+unstructured baseline of Table 5 (random pairs of whole explored trajectories) and ETO's pairs.
 
 Pure and torch-free.
 """
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 from tratree.formats import Pair, Step, Trajectory
 from tratree.tree import Tree, differ, task_rng
 
 Continuation = Literal["leaf", "first-step"]
-PairMode = Literal["tree", "random"]
 
 # Every pair of 6 children (the paper's M = 6 trajectories per task): the cap binds only where a
 # node has more children than that, e.g. a root with thousands of one-step episodes.
@@ -24,21 +23,30 @@ MAX_PAIRS_PER_NODE = 15
 
 def pairs_of_trees(
     trees: Iterable[Tree],
-    mode: PairMode = "tree",
     min_gap: float = 0.0,
     continuation: Continuation = "leaf",
     max_pairs: int | None = None,
-    seed: int = 0,
     max_per_node: int | None = MAX_PAIRS_PER_NODE,
 ) -> Iterator[Pair]:
-    """The pairs of many trees, tree by tree: TreeDPO pairs, or as many random pairs per task
-    as TreeDPO gives it (seeded per task, so the result does not depend on the trees' order)."""
+    """The TreeDPO pairs of many trees, tree by tree."""
     for tree in trees:
-        if mode == "tree":
-            yield from tree_pairs(tree, min_gap, continuation, max_pairs, max_per_node)
-        else:
-            count = count_tree_pairs(tree, min_gap, max_pairs, max_per_node)
-            yield from random_pairs(tree, task_rng(seed, tree.task_id), count, min_gap)
+        yield from tree_pairs(tree, min_gap, continuation, max_pairs, max_per_node)
+
+
+def random_pairs_of_tasks(
+    trajectories: Iterable[Trajectory],
+    counts: dict[str, int],
+    min_gap: float = 0.0,
+    seed: int = 0,
+) -> Iterator[Pair]:
+    """Table 5's random pairs for every task of ``counts``: ``counts[task]`` pairs (the TreeDPO pairs its
+    tree gives, so both arms see as many comparisons) of its explored trajectories, seeded per task so
+    the result does not depend on the order of the tasks."""
+    by_task: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_task.setdefault(t.task_id, []).append(t)
+    for task, trajs in by_task.items():
+        yield from random_pairs(trajs, task_rng(seed, task), counts.get(task, 0), min_gap)
 
 
 def _node_pairs(vals: list[float], min_gap: float, cap: int | None) -> list[tuple[float, int, int]]:
@@ -167,45 +175,50 @@ def tree_pairs(
     return out
 
 
-def random_pairs(tree: Tree, rng: random.Random, count: int, min_gap: float = 0.0) -> list[Pair]:
-    """Random pairs of whole explored trajectories of the tree's task (the baseline of Table 5).
+def _actions(steps: Iterable[Step]) -> tuple[str, ...]:
+    return tuple(s.action for s in steps)
 
-    The rule that keeps the baseline comparable with TreeDPO: ``count`` pairs per task (the
-    number of TreeDPO pairs the same tree gives), drawn uniformly without replacement from all
-    unordered pairs of distinct trajectories (root-to-end paths; a path's score is the mean of
-    the episodes that ended there) whose scores differ by more than ``min_gap``; fewer when
-    fewer such pairs exist. Each pair is two whole trajectories from the root (empty prefix),
-    labelled by score, with no regard to where they diverge.
+
+def random_pairs(trajectories: Sequence[Trajectory], rng: random.Random, count: int, min_gap: float = 0.0) -> list[Pair]:
+    """Random pairs of one task's whole explored trajectories, as they were generated (Table 5's ablation:
+    "two complete weak trajectories … based solely on reward … [that] do not share a common prefix").
+
+    Each distinct action sequence counts once (its first sample, with that sample's own thoughts and
+    observations). Of the unordered pairs whose scores differ by more than ``min_gap``, ``count`` are
+    drawn uniformly without replacement, first among pairs whose first actions differ (no shared prefix
+    at all), then, if too few, among the rest; fewer when fewer exist. The better-scored side is chosen;
+    the prefix is empty.
     """
-    ends = [v for v in range(1, len(tree)) if tree.ends[v]]
-    score = {v: tree.end_value(v) for v in ends}
-    picked: list[tuple[int, int]] = []
-    if count > 0 and len(ends) >= 2:
-        total = len(ends) * (len(ends) - 1) // 2
-        if total <= max(4 * count, 50_000):
-            candidates = [(a, b) for i, a in enumerate(ends) for b in ends[i + 1 :]
-                          if differ(max(score[a], score[b]), min(score[a], score[b]), min_gap)]
-            picked = rng.sample(candidates, min(count, len(candidates)))
-        else:
-            # too many trajectories to list every pair: draw pairs until enough distinct ones
-            seen: set[tuple[int, int]] = set()
-            for _ in range(20 * count):
-                a, b = rng.sample(ends, 2)
-                key = (min(a, b), max(a, b))
-                if key not in seen and differ(max(score[a], score[b]), min(score[a], score[b]), min_gap):
-                    seen.add(key)
-                    picked.append(key)
-                    if len(picked) == count:
-                        break
+    distinct: dict[tuple[str, ...], Trajectory] = {}
+    for t in trajectories:
+        if t.steps:
+            distinct.setdefault(_actions(t.steps), t)
+    trajs = list(distinct.values())
+    if count <= 0 or len(trajs) < 2:
+        return []
+    apart, shared = [], []
+    for i, a in enumerate(trajs):
+        for b in trajs[i + 1:]:
+            if differ(max(a.score, b.score), min(a.score, b.score), min_gap):
+                (apart if a.steps[0].action != b.steps[0].action else shared).append((a, b))
+    picked = rng.sample(apart, min(count, len(apart)))
+    picked += rng.sample(shared, min(count - len(picked), len(shared)))
     out = []
     for a, b in picked:
-        good, bad = (a, b) if score[a] > score[b] else (b, a)
+        good, bad = (a, b) if a.score > b.score else (b, a)
         out.append(Pair.model_construct(
-            task_id=tree.task_id, instruction=tree.instruction, prefix=[],
-            chosen=tree.steps(tree.path_to(good)), rejected=tree.steps(tree.path_to(bad)),
-            chosen_value=score[good], rejected_value=score[bad], kind="random", node=None,
+            task_id=good.task_id, instruction=good.instruction, prefix=[], chosen=list(good.steps),
+            rejected=list(bad.steps), chosen_value=good.score, rejected_value=bad.score, kind="random", node=None,
         ))
     return out
+
+
+def coinciding(random: Iterable[Pair], tree: Iterable[Pair]) -> int:
+    """How many random pairs compare the same two action sequences as some tree pair of their task
+    (chosen and rejected alike): where they do, both arms learn the same comparison."""
+    seen = {(p.task_id, _actions([*p.prefix, *p.chosen]), _actions([*p.prefix, *p.rejected])) for p in tree}
+    return sum((p.task_id, _actions([*p.prefix, *p.chosen]), _actions([*p.prefix, *p.rejected])) in seen
+               for p in random)
 
 
 def expert_pairs(expert: list[Trajectory], explored: list[Trajectory], mode: Literal["eto", "ceiling"]) -> list[Pair]:

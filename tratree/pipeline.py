@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -50,15 +51,16 @@ STAGE_VERSIONS: dict[str, int] = {
     "expert": 2,  # 2: ScienceWorld episodes open with the task alone, as ETO's
     "corpus": 1,
     "tokenizer": 1,
-    "pretrain": 1,
-    "sft": 2,  # 2: the loss at every step kept (training.json)
+    "pretrain": 2,  # 2: warmup floor(ratio x steps), not the library's ceiling; what the run did (training.json)
+    "sft": 3,  # 2: the loss at every step kept (training.json); 3: as pretrain 2
     "explore": 2,  # 2: in-context example, per-task step limits
     "trees": 1,
-    "pairs": 1,
+    "pairs": 2,  # 2: random pairs of the explored trajectories as generated, not of tree paths; stats.json
     "mcts": 1,
-    "dpo": 2,  # 2: the loss at every step kept (training.json)
+    "dpo": 3,  # 2: the loss at every step kept (training.json); 3: as pretrain 2, fit to its pairs before/after
     "evaluate": 3,  # 2: in-context example, per-task step limits; 3: invalid actions, the model's losses
-    "report": 3,  # 2: tree informativeness, invalid actions, training curves; 3: pretraining curves
+    "report": 4,  # 2: tree informativeness, invalid actions, training curves; 3: pretraining curves; 4: optimizer
+    # steps, paired statistics over games with Holm's correction, random pairs coinciding with tree pairs
 }
 
 
@@ -108,9 +110,15 @@ def _dump_model(model: ModelSpec) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude={"pretrain"})
 
 
-def _dump_acting(model: ShardedSpec) -> dict[str, Any]:
+def _dump_acting(model: ShardedSpec, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     # how a stage is split across Pods does not change what it makes, so it stays out of its key
-    return model.model_dump(mode="json", by_alias=True, exclude=set(ShardedSpec.model_fields))
+    return model.model_dump(mode="json", by_alias=True, exclude={*ShardedSpec.model_fields, *exclude})
+
+
+def _exploration(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
+    """The exploration settings of one draw: perSeed is in the stage names and the sampling seed, not the key."""
+    params = _dump_acting(spec.exploration, ("per_seed",))
+    return params | {"seed": spec.exploration.seed + seed}
 
 
 def plan(spec: ExperimentSpec) -> list[Stage]:
@@ -128,10 +136,12 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         stages[name] = Stage(name, action, kind, inputs, params, gpu, shards, parallelism)
         return name
 
-    def sft(name: str, data: str, seed: int, data_stage: str) -> str:
-        return add(name, "sft", "sft", (data_stage, *tok, *pretrained["strong"]), True, model=_dump_model(spec.strong), data=data,
-                   seed=seed,
-                   training=_dump(spec.strong.sft or spec.training.sft), env=spec.environment.name)
+    def sft(name: str, data: str, seed: int, data_stage: str, init: str | None = None) -> str:
+        # ``init``: the stage whose model it starts from, instead of the strong model's (pretrained) base
+        start = {"init": init} if init else {}
+        return add(name, "sft", "sft", (data_stage, *tok, *((init,) if init else pretrained["strong"])), True,
+                   model=_dump_model(spec.strong), data=data, seed=seed,
+                   training=_dump(spec.strong.sft or spec.training.sft), env=spec.environment.name, **start)
 
     # acting stages read the in-context example from the expert data
     example = ("expert",) if spec.environment.icl_example else ()
@@ -166,35 +176,46 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
     if needs_weak:
         add("sft-weak", "sft", "sft", ("expert", *tok, *pretrained["weak"]), True, model=_dump_model(spec.weak), data="expert", seed=0,
             training=_dump(spec.weak.sft or spec.training.sft), env=spec.environment.name)
-    if methods & set(W2SG_METHODS):
-        add("explore", "explore", "explore", ("sft-weak", *example), True, spec.exploration, env=env, policy=policy,
-            exploration=_dump_acting(spec.exploration), policy_name="sft-weak",
+    # the weak side's data: one draw for every seed, or (exploration.perSeed) one per seed
+    draws = {seed: f"-s{seed}" if spec.exploration.per_seed else "" for seed in spec.seeds}
+    for seed, suffix in draws.items():
+        if not methods & set(W2SG_METHODS) or f"explore{suffix}" in stages:
+            continue
+        draw = seed if suffix else 0
+        add(f"explore{suffix}", "explore", "explore", ("sft-weak", *example), True, spec.exploration, env=env,
+            policy=policy, exploration=_exploration(spec, draw), policy_name="sft-weak",
             samples=spec.exploration.trajectories_per_task)
-        add("trees", "trees", "trees", ("explore",), tree=_dump(spec.tree))
-    if "w2s-treedpo" in methods:
-        add("pairs", "pairs", "trees", ("trees",), mode="tree", treeDpo=_dump(spec.tree_dpo))
-    if "w2s-random-dpo" in methods:
-        add("random-pairs", "pairs", "trees", ("trees",), mode="random", treeDpo=_dump(spec.tree_dpo))
-    if "w2s-mcts" in methods:
-        add("mcts", "mcts", "trees", ("trees",), mcts=_dump(spec.mcts))
+        add(f"trees{suffix}", "trees", "trees", (f"explore{suffix}",), tree=_dump(spec.tree))
+        if "w2s-treedpo" in methods:
+            add(f"pairs{suffix}", "pairs", "trees", (f"trees{suffix}",), mode="tree", treeDpo=_dump(spec.tree_dpo))
+        if "w2s-random-dpo" in methods:
+            add(f"random-pairs{suffix}", "pairs", "trees", (f"trees{suffix}", f"explore{suffix}"), mode="random",
+                treeDpo=_dump(spec.tree_dpo))
+        if "w2s-mcts" in methods:
+            # where its paths' SFT starts is the SFT's business, not the search's
+            add(f"mcts{suffix}", "mcts", "trees", (f"trees{suffix}",),
+                mcts=spec.mcts.model_dump(mode="json", by_alias=True, exclude={"init"}))
     if "sft-weak" in methods:
         evaluate("sft-weak", "sft-weak", 0)
     dpo = _dump(spec.training.dpo)
     for seed in spec.seeds:
         base = f"sft-strong-s{seed}"
+        suffix = draws[seed]
         dpo_from_sft = bool(methods & {"w2s-treedpo", "w2s-random-dpo"}) and spec.tree_dpo.init == "sft-strong"
-        if methods & {"sft-strong", "best-of-n", "eto", "ceiling"} or dpo_from_sft:
+        mcts_from_sft = "w2s-mcts" in methods and spec.mcts.init == "sft-strong"
+        if methods & {"sft-strong", "best-of-n", "eto", "ceiling"} or dpo_from_sft or mcts_from_sft:
             sft(base, "expert", seed, "expert")
         if "sft-strong" in methods:
             evaluate("sft-strong", base, seed)
         if "best-of-n" in methods:
             evaluate("best-of-n", base, seed, spec.evaluation.best_of_n)
         if "w2s-mcts" in methods:
-            evaluate("w2s-mcts", sft(f"w2s-mcts-s{seed}", "mcts", seed, "mcts"), seed)
+            evaluate("w2s-mcts", sft(f"w2s-mcts-s{seed}", "mcts", seed, f"mcts{suffix}",
+                                     base if mcts_from_sft else None), seed)
         if methods & {"w2s-treedpo", "w2s-random-dpo"}:
-            init = base if dpo_from_sft else sft(f"w2s-init-s{seed}", "best-explored", seed, "explore")
+            init = base if dpo_from_sft else sft(f"w2s-init-s{seed}", "best-explored", seed, f"explore{suffix}")
             ref = ("sft-weak",) if spec.tree_dpo.reference == "weak-sft" else ()
-            for method, pairs in (("w2s-treedpo", "pairs"), ("w2s-random-dpo", "random-pairs")):
+            for method, pairs in (("w2s-treedpo", f"pairs{suffix}"), ("w2s-random-dpo", f"random-pairs{suffix}")):
                 if method in methods:
                     name = add(f"{method}-s{seed}", "dpo", "dpo", (init, pairs, *ref), True, training=dpo,
                                lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name)
@@ -202,7 +223,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
         if methods & {"eto", "ceiling"}:
             # ETO pairs one own trajectory per task with the expert's
             own = add(f"strong-explore-s{seed}", "explore", "explore", (base, *example), True, spec.exploration,
-                      env=env, policy=policy, exploration=_dump_acting(spec.exploration),
+                      env=env, policy=policy, exploration=_exploration(spec, 0),
                       policy_name=f"sft-strong-s{seed}", samples=1)
             for method in ("eto", "ceiling"):
                 if method in methods:
@@ -210,7 +231,7 @@ def plan(spec: ExperimentSpec) -> list[Stage]:
                                lora=_dump(spec.strong.lora), seed=seed, env=spec.environment.name, pairs=method)
                     evaluate(method, name, seed)
     evals = tuple(n for n in stages if n.startswith("eval-"))
-    extras = tuple(n for n in ("trees", "mcts", "pretrain-weak", "pretrain-strong") if n in stages)
+    extras = tuple(n for n in stages if re.fullmatch(r"(trees|mcts|pairs|random-pairs)(-s\d+)?|pretrain-(weak|strong)", n))
     add("report", "report", "report", (*evals, *extras), methods=list(spec.methods), seeds=list(spec.seeds))
     return list(stages.values())
 

@@ -139,6 +139,11 @@ class ExpertSpec(SpecModel):
     thoughts: Literal["empty", "templated"] = Field(
         "templated", description="Thoughts written for gold actions collected from the environment."
     )
+    keep_partial: bool = Field(
+        False, description="Keep gold runs of the environment that end below full score (ScienceWorld's gold paths "
+        "under ETO's simplifications can); by default they are dropped with a warning naming how many and which "
+        "task types, since they are not expert data.",
+    )
 
     @model_validator(mode="after")
     def _path_for_file(self) -> ExpertSpec:
@@ -275,6 +280,11 @@ class ExplorationSpec(ShardedSpec):
     trajectories_per_task: int = Field(6, ge=1, le=1024)
     sampling: list[SamplingSpec] = Field(default_factory=_default_grid, min_length=1)
     seed: int = Field(0, ge=0)
+    per_seed: bool = Field(
+        False, description="Each training seed also re-draws the weak model's exploration (sampling seed: seed + "
+        "the training seed), and so its own trees, pairs and MCTS paths: seeds then vary the weak side's data too, "
+        "and the methods' spread over seeds includes that of the trees. false: one exploration for all seeds.",
+    )
 
 
 class TreeSpec(SpecModel):
@@ -312,6 +322,12 @@ class MCTSSpec(SpecModel):
     iterations: int = Field(100, ge=1, le=1_000_000)
     exploration: float = Field(1.41, ge=0)
     seed: int = Field(0, ge=0)
+    init: Literal["base", "sft-strong"] = Field(
+        "base",
+        description="The model SFT on the e* paths starts from: the strong model as it comes (base: the paper's "
+        "W2SG-MCTS learns 'under purely weak supervision', Table 1) or its SFT on the expert data (sft-strong: "
+        "as TreeDPO's '+SFT -> +TreeDPO', so both ask whether the weak trees add to sft-strong).",
+    )
 
 
 class BestOfNSampling(SamplingSpec):

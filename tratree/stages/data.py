@@ -84,7 +84,8 @@ def explore(ctx: StageContext) -> dict[str, Any]:
     from tratree.explore import exploration_episodes, split_tasks
 
     params = ctx.stage.params
-    episodes = exploration_episodes(ctx.spec, split_tasks(ctx.spec, "train"), params["policy_name"], params["samples"])
+    episodes = exploration_episodes(ctx.spec, split_tasks(ctx.spec, "train"), params["policy_name"], params["samples"],
+                                    params["exploration"]["seed"])
     trajs = act(ctx, episodes, "exploring" if ctx.shard is None else f"exploring (shard {ctx.shard[0]})")
     if ctx.shard is not None:
         return {"episodes": len(trajs), "successes": sum(t.success for t in trajs)}
@@ -97,7 +98,7 @@ def explore(ctx: StageContext) -> dict[str, Any]:
 def trees(ctx: StageContext) -> dict[str, Any]:
     from tratree.tree import build_trees, summarize
 
-    trajs = read_jsonl(ctx.input("explore") / TRAJECTORIES, Trajectory)
+    trajs = read_jsonl(ctx.input_of("explore") / TRAJECTORIES, Trajectory)
     embed = None
     if ctx.spec.tree.similarity < 1.0:
         from tratree.embeddings import load_embedder
@@ -112,25 +113,42 @@ def trees(ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
+PAIR_STATS = "stats.json"
+
+
 def pairs(ctx: StageContext) -> dict[str, Any]:
-    from tratree.pairs import pairs_of_trees
+    """TreeDPO pairs of the trees, or (random mode) as many random pairs per task of the explored
+    trajectories as they were generated; random mode counts the pairs that coincide with a tree pair."""
+    from tratree.pairs import coinciding, count_tree_pairs, pairs_of_trees, random_pairs_of_tasks
     from tratree.tree import read_trees
 
     cfg = ctx.spec.tree_dpo
     tasks: set[str] = set()
+    trees = read_trees(ctx.input_of("trees") / "trees.jsonl")
 
     def counted(pairs: Iterator[Pair]) -> Iterator[Pair]:
         for pair in pairs:  # streamed to the file: memory stays that of one tree's pairs
             tasks.add(pair.task_id)
             yield pair
 
-    n = write_jsonl(ctx.out / "pairs.jsonl", counted(pairs_of_trees(
-        read_trees(ctx.input("trees") / "trees.jsonl"), ctx.stage.params["mode"], cfg.min_score_gap, cfg.continuation,
-        cfg.max_pairs_per_tree, cfg.seed, cfg.max_pairs_per_node)))
+    tree_pairs = pairs_of_trees(trees, cfg.min_score_gap, cfg.continuation, cfg.max_pairs_per_tree,
+                                cfg.max_pairs_per_node)
+    stats: dict[str, Any] = {}
+    if ctx.stage.params["mode"] == "random":
+        counts = {t.task_id: count_tree_pairs(t, cfg.min_score_gap, cfg.max_pairs_per_tree, cfg.max_pairs_per_node)
+                  for t in trees}
+        explored = read_jsonl(ctx.input_of("explore") / TRAJECTORIES, Trajectory)
+        made = list(random_pairs_of_tasks(explored, counts, cfg.min_score_gap, cfg.seed))
+        n = write_jsonl(ctx.out / "pairs.jsonl", counted(iter(made)))
+        stats = {"tree_pairs": sum(counts.values()), "coinciding_with_tree_pairs": coinciding(made, tree_pairs)}
+    else:
+        n = write_jsonl(ctx.out / "pairs.jsonl", counted(tree_pairs))
     if not n:
         print(f"tratree: warning: {ctx.stage.name}: the trees gave no preference pairs (no divergence point with a "
               f"value gap above {cfg.min_score_gap}); DPO will return its initial policy unchanged", file=sys.stderr)
-    return {"pairs": n, "tasks": len(tasks)}
+    stats = {"pairs": n, "tasks": len(tasks), **stats}
+    (ctx.out / PAIR_STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
 
 
 def mcts(ctx: StageContext) -> dict[str, Any]:
@@ -139,7 +157,7 @@ def mcts(ctx: StageContext) -> dict[str, Any]:
     from tratree.tree import read_trees
 
     cfg = ctx.spec.mcts
-    paths = [mcts_path(t, cfg.iterations, cfg.exploration, cfg.seed) for t in read_trees(ctx.input("trees") / "trees.jsonl")]
+    paths = [mcts_path(t, cfg.iterations, cfg.exploration, cfg.seed) for t in read_trees(ctx.input_of("trees") / "trees.jsonl")]
     with atomic_write(ctx.out / "paths.jsonl") as fh:
         fh.writelines(path_line(p) + "\n" for p in paths)
     return {"paths": len(paths), "mean_value": sum(p["value"] for p in paths) / max(1, len(paths))}

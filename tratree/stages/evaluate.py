@@ -8,7 +8,7 @@ from typing import Any
 
 from tratree.stages import StageContext
 from tratree.stages.data import act, model_input
-from tratree.stages.train import TRAINING
+from tratree.stages.train import REPORTED, TRAINING
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
@@ -27,6 +27,6 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     result = metrics(trajs, split, best_of, ctx.spec.environment.name)
     result |= {"method": ctx.stage.params["method"], "seed": ctx.stage.params["seed"]}
     if training.is_file():
-        result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in ("pairs", "steps", "examples", "losses")}
+        result["training"] = {k: v for k, v in json.loads(training.read_text()).items() if k in REPORTED}
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=2))
     return {k: result[k] for k in ("average_reward", "success_rate", "finished_rate", "tasks", "method", "seed")}

@@ -37,12 +37,12 @@ def _sft_data(ctx: StageContext) -> list[Trajectory]:
     if data == "expert":
         return read_jsonl(ctx.input("expert") / TRAJECTORIES, Trajectory)
     if data == "mcts":
-        paths = read_jsonl(ctx.input("mcts") / "paths.jsonl", PathRecord)
+        paths = read_jsonl(ctx.input_of("mcts") / "paths.jsonl", PathRecord)
         return [Trajectory(task_id=p.task_id, instruction=p.instruction, steps=p.steps, score=p.value,
                            success=p.value >= 1.0, meta={"source": "mcts"}) for p in paths]
     from tratree.explore import best_per_task
 
-    return best_per_task(read_jsonl(ctx.input("explore") / TRAJECTORIES, Trajectory))
+    return best_per_task(read_jsonl(ctx.input_of("explore") / TRAJECTORIES, Trajectory))
 
 
 def pretrain(ctx: StageContext) -> dict[str, Any]:
@@ -63,10 +63,13 @@ def pretrain(ctx: StageContext) -> dict[str, Any]:
 
 
 def _base_model(ctx: StageContext, model_spec: Any, seed: int) -> tuple[Any, Any]:
-    """The model an SFT starts from: its pretrained base where the graph has one, else the spec's model."""
+    """The model an SFT starts from: the stage its ``init`` names (w2s-mcts from sft-strong), else its
+    pretrained base where the graph has one, else the spec's model."""
     from tratree.train.models import load_causal_lm
     from tratree.train.setup import load_policy
 
+    if ctx.stage.params.get("init"):
+        return load_causal_lm(str(ctx.input(ctx.stage.params["init"])), trainable=True)
     base = [p for name, p in ctx.inputs.items() if name.startswith("pretrain-")]
     if base:
         return load_causal_lm(str(base[0]), trainable=True)
@@ -120,15 +123,22 @@ def dpo(ctx: StageContext) -> dict[str, Any]:
         print(f"tratree: warning: {ctx.stage.name}: no preference pairs; the output is the initial policy "
               f"({names[0]}) unchanged", file=sys.stderr)
         save_model(model, tok, ctx.out)
-        return _record(ctx, {"pairs": 0, "steps": 0, "note": f"no preference pairs; the output is {names[0]} unchanged"})
+        return _record(ctx, {"pairs": 0, "steps": 0, "planned_steps": 0, "lr_sum": 0.0, "weight_change": 0.0,
+                             "few_steps": True, "note": f"no preference pairs; the output is {names[0]} unchanged"})
     result = train_dpo(model, tok, pairs, ctx.spec.environment.name, ctx.spec.training.dpo, ctx.out,
                        ref_model, ref_tok, ctx.spec.strong.lora, ctx.stage.params["seed"])
-    return _record(ctx, {"pairs": result["pairs"], "steps": result["steps"], "margins": result["margins"][-20:]},
-                   result["losses"])
+    return _record(ctx, {k: v for k, v in result.items() if k not in ("losses", "ref_logps", "margins")}
+                   | {"margins": result["margins"][-20:]}, result["losses"])
+
+
+# what of a model's training.json its evaluation passes on to the report
+REPORTED = ("pairs", "steps", "planned_steps", "examples", "lr_sum", "weight_change", "few_steps", "preference",
+            "losses", "note")
 
 
 def _record(ctx: StageContext, summary: dict[str, Any], losses: list[float] | None = None) -> dict[str, Any]:
-    """Keep the training summary and the loss at every step beside the model, so its evaluation and
+    """Keep the training summary (optimizer steps, learning rate summed over them, how far the weights
+    moved, DPO's fit to its pairs) and the loss at every step beside the model, so its evaluation and
     the report can show them; the stage's manifest gets the last 20 losses."""
     (ctx.out / TRAINING).write_text(json.dumps({**summary, "losses": losses or []}, indent=2) + "\n")
     return {**summary, "losses": (losses or [])[-20:]}

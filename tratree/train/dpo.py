@@ -19,7 +19,15 @@ from tratree.formats import Pair
 from tratree.spec import DPOTrainingSpec, LoraSpec
 from tratree.train.data import check_fits, check_same_tokenizer, dpo_example
 from tratree.train.models import save_model
-from tratree.train.setup import common_args, lora_config, loss_history, quiet
+from tratree.train.setup import (
+    WeightSnapshot,
+    common_args,
+    lora_config,
+    loss_history,
+    optimizer_steps,
+    quiet,
+    run_report,
+)
 
 
 def _trainer_classes() -> tuple[type, type]:
@@ -44,12 +52,40 @@ def _trainer_classes() -> tuple[type, type]:
 
     class MaskedDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[override]
-            # already tokenized by tratree (dpo_example); drop pairs whose prompt fills max_length
-            if args.max_length is None:
-                return dataset
-            return dataset.filter(lambda e: len(e["prompt_ids"]) < args.max_length)
+            return dataset  # tokenized by tratree (dpo_example), long prompts already dropped
 
     return MaskedPreferenceCollator, MaskedDPOTrainer
+
+
+def _policy_logps(trainer: Any, dataset: Any, batch_size: int) -> tuple[list[float], list[float]]:
+    """The policy's summed log-probs of each pair's chosen and rejected sides, masked as in training."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    model = trainer.model
+    saved, trainer.ref_model = trainer.ref_model, model  # a non-None ref keeps a LoRA adapter switched on
+    was_training = model.training
+    model.eval()
+    chosen: list[float] = []
+    rejected: list[float] = []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=trainer.data_collator, shuffle=False):
+            batch = {k: v.to(trainer.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            c, r = trainer.compute_ref_log_probs(model, batch)
+            chosen += c.float().cpu().tolist()
+            rejected += r.float().cpu().tolist()
+    finally:
+        trainer.ref_model = saved
+        model.train(was_training)
+    return chosen, rejected
+
+
+def preference_fit(policy: tuple[list[float], list[float]], ref: dict[str, list[float]], beta: float) -> dict[str, float]:
+    """DPO's implicit reward margin beta*((pi_c - ref_c) - (pi_r - ref_r)) on the pairs: its mean, and the share
+    of pairs the policy prefers the right way (margin > 0)."""
+    margins = [beta * ((pc - rc) - (pr - rr))
+               for pc, pr, rc, rr in zip(*policy, ref["chosen"], ref["rejected"], strict=True)]
+    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
 
 
 def train_dpo(
@@ -79,9 +115,13 @@ def train_dpo(
     collator_cls, trainer_cls = _trainer_classes()
     examples = [dpo_example(tokenizer, env_name, p) for p in pairs]
     check_fits([len(e["prompt_ids"]) for e in examples], training.max_length, "pair")
+    # a pair whose prompt fills maxLength has nothing left to compare
+    examples = [e for e in examples if len(e["prompt_ids"]) < training.max_length]
     dataset = Dataset.from_list(examples)
+    planned = optimizer_steps(len(dataset), training)
     with tempfile.TemporaryDirectory() as work:
-        args = DPOConfig(**common_args(training, work, seed), beta=training.beta, precompute_ref_log_probs=True)
+        args = DPOConfig(**common_args(training, work, seed, len(dataset)), beta=training.beta,
+                         precompute_ref_log_probs=True)
         collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=training.max_length)
         trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                               processing_class=tokenizer, data_collator=collator, peft_config=lora_config(lora))
@@ -89,11 +129,15 @@ def train_dpo(
         trainer.ref_model = None
         del ref_model
         gc.collect()
-        quiet(trainer).train()
+        snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
         ref_logps = {"chosen": list(trainer.train_dataset["ref_chosen_logps"]),
                      "rejected": list(trainer.train_dataset["ref_rejected_logps"])}
+        before = preference_fit(_policy_logps(trainer, dataset, training.micro_batch_size), ref_logps, training.beta)
+        quiet(trainer).train()
+        after = preference_fit(_policy_logps(trainer, dataset, training.micro_batch_size), ref_logps, training.beta)
+        report = run_report(trainer, snapshot, planned, f"DPO on {len(dataset)} pairs")
     save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
     history = [r for r in trainer.state.log_history if "loss" in r]
     margins = [r["rewards/margins"] for r in history if "rewards/margins" in r]
-    return {"pairs": len(dataset), "steps": trainer.state.global_step, "losses": loss_history(trainer),
-            "margins": margins, "ref_logps": ref_logps}
+    return {"pairs": len(dataset), **report, "preference": {"before": before, "after": after},
+            "losses": loss_history(trainer), "margins": margins, "ref_logps": ref_logps}

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from tratree.spec import LoraSpec, TrainingSpec
 from tratree.train import tiny
+from tratree.train.budget import FEW_STEPS, accumulation, optimizer_steps, warmup_steps
 from tratree.train.models import load_causal_lm
 
 # tratree passes gradient_checkpointing=False explicitly (TRL 1.16 on CPU needs it); transformers 5
 # warns that the name is deprecated on every stage, which says nothing to the person watching.
 warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
-
-
-def world_size() -> int:
-    """Processes training together (set by ``accelerate launch`` / ``torchrun``), 1 when run plainly."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def load_policy(ref: str, tokenizer: Any | None = None, seed: int = 0, dtype: str = "auto") -> tuple[Any, Any]:
@@ -46,21 +43,19 @@ def lora_config(lora: LoraSpec | None) -> Any:
     )
 
 
-def common_args(training: TrainingSpec, out_dir: str | Path, seed: int) -> dict[str, Any]:
-    """TrainingArguments shared by SFT and DPO: the spec's optimiser settings, effective batch by accumulation."""
-    import sys
-
+def common_args(training: TrainingSpec, out_dir: str | Path, seed: int, examples: int) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO: the spec's optimiser settings, effective batch by
+    accumulation, and warmup counted in whole steps of this run over ``examples``."""
     import torch
 
-    per_step = training.micro_batch_size * world_size()
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return {
         "output_dir": str(out_dir),
         "per_device_train_batch_size": training.micro_batch_size,
-        "gradient_accumulation_steps": max(1, training.batch_size // per_step),
+        "gradient_accumulation_steps": accumulation(training),
         "learning_rate": training.learning_rate,
         "lr_scheduler_type": training.lr_scheduler,
-        "warmup_steps": training.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
+        "warmup_steps": warmup_steps(training.warmup_ratio, optimizer_steps(examples, training)),
         "num_train_epochs": training.epochs,
         "weight_decay": training.weight_decay,
         "optim": "adamw_torch",
@@ -81,6 +76,58 @@ def common_args(training: TrainingSpec, out_dir: str | Path, seed: int) -> dict[
 def loss_history(trainer: Any) -> list[float]:
     """The training loss logged at each step."""
     return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
+class WeightSnapshot:
+    """The weights a run starts from, to measure how far training moved them: ||theta - theta0|| / ||theta0||.
+
+    A full fine-tune keeps a CPU copy of every trainable tensor; a LoRA model needs none, since its
+    base weights stay fixed and each adapted layer's change is the adapter's delta weight."""
+
+    def __init__(self, model: Any) -> None:
+        self.lora = hasattr(model, "peft_config")
+        self.start = {} if self.lora else {
+            n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def relative_change(self, model: Any) -> float:
+        """||theta - theta0|| / ||theta0|| over the model's weights (for LoRA, the merged weights)."""
+        import torch
+
+        moved = base = 0.0
+        with torch.no_grad():
+            if self.lora:
+                for module in model.modules():
+                    if hasattr(module, "get_delta_weight") and hasattr(module, "active_adapters"):
+                        for name in module.active_adapters:
+                            if name in getattr(module, "lora_A", {}):
+                                moved += float(module.get_delta_weight(name).float().pow(2).sum())
+                base = sum(float(p.detach().float().pow(2).sum()) for n, p in model.named_parameters()
+                           if "lora_" not in n)
+            else:
+                for n, p in model.named_parameters():
+                    if n in self.start:
+                        start = self.start[n].float()
+                        moved += float((p.detach().to("cpu").float() - start).pow(2).sum())
+                        base += float(start.pow(2).sum())
+        return math.sqrt(moved) / math.sqrt(base) if base > 0 else 0.0
+
+
+def run_report(trainer: Any, snapshot: WeightSnapshot, planned: int, what: str) -> dict[str, Any]:
+    """What a finished run did: optimizer steps (checked against the plan), the learning rate summed over
+    them, how far the weights moved; fewer than FEW_STEPS steps is said on stderr."""
+    steps = trainer.state.global_step
+    lrs = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row and "loss" in row]
+    report = {"steps": steps, "planned_steps": planned, "lr_sum": float(sum(lrs)),
+              "weight_change": snapshot.relative_change(trainer.model)}
+    if steps != planned:
+        print(f"tratree: warning: {what}: took {steps} optimizer steps where {planned} were planned",
+              file=sys.stderr)
+    if steps < FEW_STEPS:
+        report["few_steps"] = True
+        print(f"tratree: warning: {what}: only {steps} optimizer step(s) (under {FEW_STEPS}): the model is "
+              f"its start moved by {report['weight_change']:.2e} (relative); give it more data, epochs or a "
+              "smaller batchSize", file=sys.stderr)
+    return report
 
 
 def quiet(trainer: Any) -> Any:

@@ -12,7 +12,15 @@ from tratree.formats import Trajectory
 from tratree.spec import LoraSpec, TrainingSpec
 from tratree.train.data import check_fits, sft_example
 from tratree.train.models import save_model
-from tratree.train.setup import common_args, lora_config, loss_history, quiet
+from tratree.train.setup import (
+    WeightSnapshot,
+    common_args,
+    lora_config,
+    loss_history,
+    optimizer_steps,
+    quiet,
+    run_report,
+)
 
 
 def train_sft(
@@ -45,12 +53,16 @@ def train_sft(
     check_fits([e["assistant_masks"].index(1) if 1 in e["assistant_masks"] else len(e["assistant_masks"])
                 for e in examples], training.max_length, "trajectory")
     dataset = Dataset.from_list(examples)
+    planned = optimizer_steps(len(dataset), training)
     with tempfile.TemporaryDirectory() as work:
-        args = SFTConfig(**common_args(training, work, seed))
+        args = SFTConfig(**common_args(training, work, seed, len(dataset)))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora_config(lora))
+        snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
         quiet(trainer).train()
+        report = run_report(trainer, snapshot, planned, f"{'pretraining' if whole_text else 'SFT'} on "
+                            f"{len(dataset)} trajectories")
     save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
     losses = loss_history(trainer)
-    return {"examples": len(dataset), "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
+    return {"examples": len(dataset), **report, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "losses": losses}
