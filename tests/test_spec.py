@@ -16,14 +16,16 @@ def write(tmp_path, text: str):
     return p
 
 
-def test_quickstart_is_a_valid_manifest_with_every_method():
+def test_quickstart_is_a_valid_manifest_with_the_arms_that_train_at_its_size():
     exp = load_experiment(ROOT / "examples" / "quickstart.yaml")
     assert exp.name == "quickstart"
     assert exp.spec.environment.name == "textworldexpress"
     assert exp.spec.weak.model == "tiny:weak" and exp.spec.strong.model == "tiny:strong"
-    assert set(exp.spec.methods) == {
-        "sft-weak", "sft-strong", "w2s-mcts", "w2s-treedpo", "w2s-random-dpo", "best-of-n", "eto", "ceiling"
-    }
+    # eto and ceiling would get a pair or two on 16 training tasks: left out, and the file says why
+    assert set(exp.spec.methods) == {"sft-weak", "sft-strong", "w2s-mcts", "w2s-treedpo", "w2s-random-dpo", "best-of-n"}
+    assert "eto and ceiling are left out" in (ROOT / "examples" / "quickstart.yaml").read_text()
+    # a DPO batch of one: about ten tree pairs make ~20 optimizer steps over 2 epochs, not 2 or 3
+    assert exp.spec.training.dpo.batch_size == 1 and exp.spec.tree_dpo.max_pairs_per_tree is None
     assert exp.spec.artifacts.startswith("file://")
 
 

@@ -17,17 +17,10 @@ from typing import Any
 
 from tratree.formats import Pair
 from tratree.spec import DPOTrainingSpec, LoraSpec
+from tratree.train.budget import optimizer_steps
 from tratree.train.data import check_fits, check_same_tokenizer, dpo_example
 from tratree.train.models import save_model
-from tratree.train.setup import (
-    WeightSnapshot,
-    common_args,
-    lora_config,
-    loss_history,
-    optimizer_steps,
-    quiet,
-    run_report,
-)
+from tratree.train.setup import common_args, fit, lora_config, loss_history
 
 
 def _trainer_classes() -> tuple[type, type]:
@@ -129,13 +122,11 @@ def train_dpo(
         trainer.ref_model = None
         del ref_model
         gc.collect()
-        snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
         ref_logps = {"chosen": list(trainer.train_dataset["ref_chosen_logps"]),
                      "rejected": list(trainer.train_dataset["ref_rejected_logps"])}
         before = preference_fit(_policy_logps(trainer, dataset, training.micro_batch_size), ref_logps, training.beta)
-        quiet(trainer).train()
+        report = fit(trainer, planned, f"DPO on {len(dataset)} pairs")
         after = preference_fit(_policy_logps(trainer, dataset, training.micro_batch_size), ref_logps, training.beta)
-        report = run_report(trainer, snapshot, planned, f"DPO on {len(dataset)} pairs")
     save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
     history = [r for r in trainer.state.log_history if "loss" in r]
     margins = [r["rewards/margins"] for r in history if "rewards/margins" in r]

@@ -112,6 +112,13 @@ class WeightSnapshot:
         return math.sqrt(moved) / math.sqrt(base) if base > 0 else 0.0
 
 
+def fit(trainer: Any, planned: int, what: str) -> dict[str, Any]:
+    """Train quietly and report what the run did (``run_report``); ``planned``: the optimizer steps expected."""
+    snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
+    quiet(trainer).train()
+    return run_report(trainer, snapshot, planned, what)
+
+
 def run_report(trainer: Any, snapshot: WeightSnapshot, planned: int, what: str) -> dict[str, Any]:
     """What a finished run did: optimizer steps (checked against the plan), the learning rate summed over
     them, how far the weights moved; fewer than FEW_STEPS steps is said on stderr."""

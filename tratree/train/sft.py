@@ -10,17 +10,10 @@ from typing import Any
 
 from tratree.formats import Trajectory
 from tratree.spec import LoraSpec, TrainingSpec
+from tratree.train.budget import optimizer_steps
 from tratree.train.data import check_fits, sft_example
 from tratree.train.models import save_model
-from tratree.train.setup import (
-    WeightSnapshot,
-    common_args,
-    lora_config,
-    loss_history,
-    optimizer_steps,
-    quiet,
-    run_report,
-)
+from tratree.train.setup import common_args, fit, lora_config, loss_history
 
 
 def train_sft(
@@ -58,10 +51,7 @@ def train_sft(
         args = SFTConfig(**common_args(training, work, seed, len(dataset)))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora_config(lora))
-        snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
-        quiet(trainer).train()
-        report = run_report(trainer, snapshot, planned, f"{'pretraining' if whole_text else 'SFT'} on "
-                            f"{len(dataset)} trajectories")
+        report = fit(trainer, planned, f"{'pretraining' if whole_text else 'SFT'} on {len(dataset)} trajectories")
     save_model(trainer.model, tokenizer, out_dir, merge_lora=lora is None or lora.merge)
     losses = loss_history(trainer)
     return {"examples": len(dataset), **report, "loss_first": losses[0] if losses else None,
