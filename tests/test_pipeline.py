@@ -87,6 +87,17 @@ def test_full_run_reports_every_method_and_reruns_nothing(full_run, mini):
     assert (report / "results.md").read_text().startswith("# W2SG results")
     assert (report / "results.png").stat().st_size > 1000
     assert list((report / "trees").glob("*.html"))
+    # every trained arm says what its training did; the random pairs are counted against the tree pairs
+    for method in ("sft-strong", "w2s-mcts", "w2s-treedpo", "eto"):
+        row = results["methods"][method]
+        assert row["optimizer_steps"] == [json.loads((root / outcomes[f"{method}-s0"].manifest["prefix"]
+                                                      / "training.json").read_text())["steps"]]
+        if method.startswith(("sft", "w2s-mcts")):  # an SFT always trains; a DPO with no pair does not
+            assert row["optimizer_steps"][0] > 0 and row["weight_change"][0] > 0 and row["lr_sum"][0] > 0
+        assert row["few_steps"] == (row["optimizer_steps"][0] < 10)
+    random_stats = results["random-pairs"]
+    assert random_stats == outcomes["random-pairs"].manifest["summary"]
+    assert 0 <= random_stats["coinciding_with_tree_pairs"] <= random_stats["pairs"] <= random_stats["tree_pairs"]
     again = run_pipeline(mini.spec, f"file://{root}")
     assert set(statuses(again).values()) == {"cached"}
 

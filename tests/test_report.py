@@ -125,3 +125,14 @@ def test_a_row_trained_in_fewer_than_ten_steps_is_marked():
     assert table["eto"]["optimizer_steps"] == [2] and table["eto"]["few_steps"]
     text = markdown(table, "t")
     assert "| eto ⚠ |" in text and "eto: a training run of fewer than 10 optimizer steps" in text
+
+
+def test_what_each_arms_training_did_is_a_table_of_its_own():
+    metrics = per_task_rows("sft-strong", [[0.0, 1.0]])
+    metrics += [{**per_task_rows("w2s-treedpo", [[1.0, 1.0]])[0], "training": {
+        "steps": 34, "pairs": 134, "lr_sum": 0.0034, "weight_change": 1.5e-3,
+        "preference": {"before": {"accuracy": 0.5, "margin": 0.0}, "after": {"accuracy": 0.9, "margin": 0.25}}}}]
+    table = results_table(metrics, ["sft-strong", "w2s-treedpo"])
+    assert table["w2s-treedpo"]["lr_sum"] == [0.0034] and table["w2s-treedpo"]["weight_change"] == [1.5e-3]
+    text = markdown(table, "t")
+    assert "| w2s-treedpo | 34 | 0.0034 | 1.50e-03 | 0.50 → 0.90 | +0.000 → +0.250 |" in text

@@ -148,6 +148,25 @@ def markdown(table: dict[str, Any], title: str) -> str:
     if flagged:
         lines += ["", f"⚠ {', '.join(flagged)}: a training run of fewer than {FEW_STEPS} optimizer steps; the row is "
                   "(close to) its starting model, not evidence about its method."]
+    trained = [(m, r) for m, r in table.items() if "optimizer_steps" in r]
+    if trained:
+        lines += ["", "## What each arm's training did", "",
+                  "| method | optimizer steps | learning rate summed over them | weight change ‖θ − θ₀‖ / ‖θ₀‖ | "
+                  "DPO preference accuracy before → after | DPO mean reward margin before → after |",
+                  "|---|---:|---:|---:|---:|---:|"]
+
+        def per_seed(values: list[Any], form: str) -> str:
+            return "/".join("—" if v is None else format(v, form) for v in values)
+
+        for method, r in trained:
+            prefs = [p for p in r.get("preference", []) if p]
+            acc = " / ".join(f"{p['before']['accuracy']:.2f} → {p['after']['accuracy']:.2f}" for p in prefs) or "—"
+            margin = " / ".join(f"{p['before']['margin']:+.3f} → {p['after']['margin']:+.3f}" for p in prefs) or "—"
+            lines.append(f"| {method} | {per_seed(r['optimizer_steps'], 'd')} | {per_seed(r['lr_sum'], '.3g')} | "
+                         f"{per_seed(r['weight_change'], '.2e')} | {acc} | {margin} |")
+        lines += ["", "Per seed, each arm's own training run (sft-weak's and sft-strong's SFT; w2s-mcts's SFT on the "
+                  "e* paths; the DPO arms' DPO), from its `training.json`; DPO's preference accuracy and margin are "
+                  "on its own pairs, against its reference."]
     paired = [(m, r) for m, r in table.items() if "paired_mean" in r]
     if paired:
         lines += ["", "## Paired against sft-strong, game by game", "",
