@@ -219,11 +219,16 @@ def test_results_reach_the_status_when_the_report_is_done():
         "sft-weak": {"average_reward": {"mean": 30.0, "std": 0.0}, "success_rate": {"mean": 10.0, "std": 0}, "seeds": 1},
         "w2s-treedpo": {"average_reward": {"mean": 62.3, "std": 1.0}, "success_rate": {"mean": 40.0, "std": 0},
                         "finished_rate": {"mean": 80.0, "std": 0}, "seeds": 1, "p_value_vs_sft_strong": None,
-                        "pairs": [0]}}}
+                        "pairs": [0], "optimizer_steps": [0], "few_steps": True, "paired_mean": 4.123,
+                        "paired_ci": [-1.0, 9.256], "paired_p": 0.12345, "holm_p": 0.2469}}}
     d = w.step()
     assert d.status["results"]["w2s-treedpo"]["averageReward"] == 62.3
-    # a DPO that trained on nothing is visible on the resource
+    # a DPO that trained on nothing is visible on the resource, steps and all
     assert d.status["results"]["w2s-treedpo"]["dpoPairs"] == [0]
+    assert d.status["results"]["w2s-treedpo"]["optimizerSteps"] == [0] and d.status["results"]["w2s-treedpo"]["fewSteps"]
+    assert {k: d.status["results"]["w2s-treedpo"][k] for k in (
+        "pairedDiffVsSftStrong", "pairedCIVsSftStrong", "pairedPVsSftStrong", "holmP")} == {
+        "pairedDiffVsSftStrong": 4.12, "pairedCIVsSftStrong": [-1.0, 9.26], "pairedPVsSftStrong": 0.1235, "holmP": 0.2469}
     assert d.status["results"]["w2s-treedpo"]["finishedRate"] == 80.0
     assert d.status["w2sgReward"] == "62.3"
     assert "sftStrongReward" not in d.status

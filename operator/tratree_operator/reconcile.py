@@ -250,6 +250,16 @@ def _results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None, str |
             entry["finishedRate"] = round(row["finished_rate"]["mean"], 2)
         if "pairs" in row:
             entry["dpoPairs"] = list(row["pairs"])  # per seed; 0 means that DPO trained on nothing
+        if "optimizer_steps" in row:  # per seed; a CI gate can refuse a row that barely trained
+            entry["optimizerSteps"] = list(row["optimizer_steps"])
+            entry["fewSteps"] = bool(row.get("few_steps"))
+        if "paired_mean" in row:  # the paired comparison with sft-strong over held-out games
+            entry["pairedDiffVsSftStrong"] = round(row["paired_mean"], 2)
+            entry["pairedCIVsSftStrong"] = [round(v, 2) for v in row["paired_ci"]]
+            if row.get("paired_p") is not None:
+                entry["pairedPVsSftStrong"] = round(row["paired_p"], 4)
+            if row.get("holm_p") is not None:
+                entry["holmP"] = round(row["holm_p"], 4)
         table[method] = entry
     w2sg = [table[m]["averageReward"] for m in W2SG_METHODS if m in table]
     best = f"{max(w2sg):.1f}" if w2sg else None
