@@ -153,7 +153,11 @@ def test_a_dpo_of_three_pairs_reports_what_it_did_and_says_it_took_few_steps(tmp
     assert before["margin"] == pytest.approx(sum(by_hand) / 3, rel=1e-3, abs=1e-4)
     assert before["accuracy"] == pytest.approx(sum(m > 0 for m in by_hand) / 3)
     assert after["margin"] > before["margin"] and after["accuracy"] == 1.0
-    assert "DPO on 3 pairs: only 3 optimizer step(s) (under 10)" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "DPO on 3 pairs: only 3 optimizer step(s) (under 10)" in err
+    # without a terminal, progress is a line a step here (a twentieth of the run, at least one step)
+    assert [line.split(", loss")[0] for line in err.splitlines() if ": step " in line] == [
+        f"tratree: DPO on 3 pairs: step {k}/3" for k in (1, 2, 3)]
 
 
 def test_sft_takes_the_planned_steps_and_measures_how_far_the_weights_moved(tmp_path, tok, gold):

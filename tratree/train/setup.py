@@ -112,10 +112,36 @@ class WeightSnapshot:
         return math.sqrt(moved) / math.sqrt(base) if base > 0 else 0.0
 
 
+def progress_lines(planned: int, what: str, every: int | None = None) -> Any:
+    """A trainer callback that prints a progress line (step, loss, elapsed time) to stderr about twenty
+    times a run: where stderr is no terminal (a Job's log, a background run) the progress bar is off."""
+    import time
+
+    from transformers import TrainerCallback
+
+    every = every or max(1, planned // 20)
+
+    class ProgressLines(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.monotonic()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            step = state.global_step
+            if logs and "loss" in logs and (step % every == 0 or step == planned):
+                print(f"tratree: {what}: step {step}/{planned}, loss {logs['loss']:.4g}, "
+                      f"{time.monotonic() - self.start:.0f}s", file=sys.stderr, flush=True)
+
+    return ProgressLines()
+
+
 def fit(trainer: Any, planned: int, what: str) -> dict[str, Any]:
-    """Train quietly and report what the run did (``run_report``); ``planned``: the optimizer steps expected."""
+    """Train quietly and report what the run did (``run_report``); ``planned``: the optimizer steps expected.
+    Without a terminal, progress is a line about every twentieth of the run."""
     snapshot = WeightSnapshot(trainer.model)  # after PEFT wrapped it: LoRA's change is its adapters'
-    quiet(trainer).train()
+    quiet(trainer)
+    if not sys.stderr.isatty():
+        trainer.add_callback(progress_lines(planned, what))
+    trainer.train()
     return run_report(trainer, snapshot, planned, what)
 
 
