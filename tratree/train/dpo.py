@@ -9,9 +9,12 @@ is freed before training starts.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,21 @@ def _trainer_classes() -> tuple[type, type]:
             return dataset  # tokenized by tratree (dpo_example), long prompts already dropped
 
     return MaskedPreferenceCollator, MaskedDPOTrainer
+
+
+@contextlib.contextmanager
+def bars_only_on_a_terminal() -> Iterator[None]:
+    """tqdm bars off (TQDM_DISABLE) while stderr is no terminal; the variable is restored after."""
+    saved = os.environ.get("TQDM_DISABLE")
+    if not sys.stderr.isatty():
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
 
 
 def _policy_logps(trainer: Any, dataset: Any, batch_size: int) -> tuple[list[float], list[float]]:
@@ -116,8 +134,9 @@ def train_dpo(
         args = DPOConfig(**common_args(training, work, seed, len(dataset)), beta=training.beta,
                          precompute_ref_log_probs=True)
         collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=training.max_length)
-        trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                              processing_class=tokenizer, data_collator=collator, peft_config=lora_config(lora))
+        with bars_only_on_a_terminal():  # TRL's reference pass draws a bar: a log gets one line a batch
+            trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer, data_collator=collator, peft_config=lora_config(lora))
         # the reference log-probs are in the dataset now: the reference model is no longer needed
         trainer.ref_model = None
         del ref_model
