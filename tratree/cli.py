@@ -111,7 +111,7 @@ def cmd_tree_render(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from tratree.pairs import count_tree_pairs, pairs_of_trees, random_pairs_of_tasks
+    from tratree.pairs import pairs_of_trees, random_pairs_like_trees
     from tratree.records import record_kind
 
     trees = _read_trajectories_or_trees(args.trees)
@@ -125,8 +125,8 @@ def cmd_pairs(args: argparse.Namespace) -> None:
         if source is None:
             raise CLIError(f"{args.trees}: random pairs are drawn from the explored trajectories: give them with "
                            "--trajectories TRAJ.jsonl (or pass the trajectories file instead of the trees)")
-        counts = {t.task_id: count_tree_pairs(t, args.min_gap, args.max_pairs_per_tree, cap) for t in trees}
-        pairs = random_pairs_of_tasks(read_jsonl(source, Trajectory), counts, args.min_gap, args.seed)
+        pairs = random_pairs_like_trees(trees, read_jsonl(source, Trajectory), args.min_gap, args.max_pairs_per_tree,
+                                        cap, args.seed)
     n = _write_lines(args.output, (p.model_dump_json() for p in pairs))
     print(f"{n} {args.mode} pairs from {len(trees)} trees -> {args.output}", file=sys.stderr)
 

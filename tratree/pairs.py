@@ -33,6 +33,19 @@ def pairs_of_trees(
         yield from tree_pairs(tree, min_gap, continuation, max_pairs, max_per_node)
 
 
+def random_pairs_like_trees(
+    trees: Iterable[Tree],
+    trajectories: Iterable[Trajectory],
+    min_gap: float = 0.0,
+    max_pairs: int | None = None,
+    max_per_node: int | None = MAX_PAIRS_PER_NODE,
+    seed: int = 0,
+) -> list[Pair]:
+    """Table 5's random pairs, as many per task as its tree gives TreeDPO pairs with these settings."""
+    counts = {t.task_id: count_tree_pairs(t, min_gap, max_pairs, max_per_node) for t in trees}
+    return list(random_pairs_of_tasks(trajectories, counts, min_gap, seed))
+
+
 def random_pairs_of_tasks(
     trajectories: Iterable[Trajectory],
     counts: dict[str, int],
@@ -213,12 +226,12 @@ def random_pairs(trajectories: Sequence[Trajectory], rng: random.Random, count: 
     return out
 
 
-def coinciding(random: Iterable[Pair], tree: Iterable[Pair]) -> int:
+def coinciding(drawn: Iterable[Pair], tree: Iterable[Pair]) -> int:
     """How many random pairs compare the same two action sequences as some tree pair of their task
     (chosen and rejected alike): where they do, both arms learn the same comparison."""
     seen = {(p.task_id, _actions([*p.prefix, *p.chosen]), _actions([*p.prefix, *p.rejected])) for p in tree}
     return sum((p.task_id, _actions([*p.prefix, *p.chosen]), _actions([*p.prefix, *p.rejected])) in seen
-               for p in random)
+               for p in drawn)
 
 
 def expert_pairs(expert: list[Trajectory], explored: list[Trajectory], mode: Literal["eto", "ceiling"]) -> list[Pair]:

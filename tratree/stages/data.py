@@ -119,7 +119,7 @@ PAIR_STATS = "stats.json"
 def pairs(ctx: StageContext) -> dict[str, Any]:
     """TreeDPO pairs of the trees, or (random mode) as many random pairs per task of the explored
     trajectories as they were generated; random mode counts the pairs that coincide with a tree pair."""
-    from tratree.pairs import coinciding, count_tree_pairs, pairs_of_trees, random_pairs_of_tasks
+    from tratree.pairs import coinciding, pairs_of_trees, random_pairs_like_trees
     from tratree.tree import read_trees
 
     cfg = ctx.spec.tree_dpo
@@ -135,12 +135,12 @@ def pairs(ctx: StageContext) -> dict[str, Any]:
                                 cfg.max_pairs_per_node)
     stats: dict[str, Any] = {}
     if ctx.stage.params["mode"] == "random":
-        counts = {t.task_id: count_tree_pairs(t, cfg.min_score_gap, cfg.max_pairs_per_tree, cfg.max_pairs_per_node)
-                  for t in trees}
         explored = read_jsonl(ctx.input_of("explore") / TRAJECTORIES, Trajectory)
-        made = list(random_pairs_of_tasks(explored, counts, cfg.min_score_gap, cfg.seed))
+        made = random_pairs_like_trees(trees, explored, cfg.min_score_gap, cfg.max_pairs_per_tree,
+                                       cfg.max_pairs_per_node, cfg.seed)
         n = write_jsonl(ctx.out / "pairs.jsonl", counted(iter(made)))
-        stats = {"tree_pairs": sum(counts.values()), "coinciding_with_tree_pairs": coinciding(made, tree_pairs)}
+        tree_side = list(tree_pairs)
+        stats = {"tree_pairs": len(tree_side), "coinciding_with_tree_pairs": coinciding(made, tree_side)}
     else:
         n = write_jsonl(ctx.out / "pairs.jsonl", counted(tree_pairs))
     if not n:

@@ -277,9 +277,8 @@ def report(ctx: StageContext) -> dict[str, Any]:
                 "informativeness": informativeness(read_trees(ctx.input(name) / "trees.jsonl")),
             }
             for kind in ("pairs", "random-pairs"):
-                stats = ctx.inputs.get(f"{kind}{suffix}", Path("/nonexistent")) / PAIR_STATS
-                if stats.is_file():
-                    draw[kind] = json.loads(stats.read_text())
+                if f"{kind}{suffix}" in ctx.inputs:
+                    draw[kind] = json.loads((ctx.input(f"{kind}{suffix}") / PAIR_STATS).read_text())
             per_draw.append(draw)
         first = per_draw[0]
         extras.update({k: v for k, v in first.items() if k != "stage"})
