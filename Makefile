@@ -49,9 +49,9 @@ bench: setup cluster
 	$(BIN)/python bench/operator.py
 	$(BIN)/python bench/operator_kubernetes.py
 
-# the CRD, generated from tratree/spec.py, and the chart's copy of it
+# the CRD, generated from tratree/spec/experiment.py, and the chart's copy of it
 crds: setup
-	$(BIN)/python -m tratree.crd > crds/w2sgexperiments.tratree.io.yaml
+	$(BIN)/python -m tratree.spec.crd > crds/w2sgexperiments.tratree.io.yaml
 	cp crds/w2sgexperiments.tratree.io.yaml charts/tratree/crds/
 
 clean:

@@ -19,12 +19,12 @@ os.environ.setdefault("JAVA_TOOL_OPTIONS", "-Xmx384m")
 from rich.console import Console
 from rich.table import Table
 
+from tratree.agent.explore import exploration_episodes, split_tasks
+from tratree.agent.rollout import run_episodes
 from tratree.envs import env_factory, env_pool, make_env
-from tratree.explore import exploration_episodes, split_tasks
-from tratree.policy.prompts import PROMPTS
 from tratree.policy.transformers_backend import TransformersBackend
-from tratree.rollout import run_episodes
-from tratree.spec import EnvironmentSpec, parse_experiment
+from tratree.records.prompts import PROMPTS
+from tratree.spec.experiment import EnvironmentSpec, parse_experiment
 
 QUICK = {"name": "textworldexpress", "tasks": ["cookingworld"], "maxSteps": 8,
          "gameParams": "numLocations=1,numIngredients=2,numDistractorItems=2,includeDoors=0,limitInventorySize=0"}
@@ -75,8 +75,8 @@ def main() -> None:
         envs.add_row(name, str(steps), f"{rate:,.1f}")
     console.print(envs)
 
-    from tratree.expert import expert_trajectories
-    from tratree.train.tiny import corpus, create, train_tokenizer
+    from tratree.agent.expert import expert_trajectories
+    from tratree.models.tiny import corpus, create, train_tokenizer
 
     qspec = parse_experiment({"weak": {"model": "tiny:weak"}, "strong": {"model": "tiny:strong"},
                               "environment": QUICK}).spec

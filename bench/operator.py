@@ -24,8 +24,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.harness import cluster, peak_rss_mib, print_operator_benchmark  # noqa: E402
-from tests.cluster.kubelet import Kubelet, always  # noqa: E402
+from tests.e2e.cluster.harness import cluster, peak_rss_mib, print_operator_benchmark  # noqa: E402
+from tests.e2e.cluster.kubelet import Kubelet, always  # noqa: E402
 
 
 async def run(count: int) -> dict[str, float]:

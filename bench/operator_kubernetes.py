@@ -27,10 +27,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.controlplane import control_plane  # noqa: E402
-from tests.cluster.harness import peak_rss_mib, print_operator_benchmark  # noqa: E402
-from tests.cluster.node import NodeAgent  # noqa: E402
-from tests.test_kubernetes import FAST, OPERATOR_NS, Operator, install  # noqa: E402
+from tests.e2e.cluster.controlplane import control_plane  # noqa: E402
+from tests.e2e.cluster.harness import peak_rss_mib, print_operator_benchmark  # noqa: E402
+from tests.e2e.cluster.node import NodeAgent  # noqa: E402
+from tests.e2e.test_kubernetes import FAST, OPERATOR_NS, Operator, install  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

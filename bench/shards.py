@@ -24,8 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tratree.run import run_pipeline, run_stage
-from tratree.spec import parse_experiment
+from tratree.pipeline.runner import run_pipeline, run_stage
+from tratree.spec.experiment import parse_experiment
 
 
 def spec_body(tasks: int, samples: int, shards: int, store: Path) -> dict:

@@ -16,13 +16,13 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from tratree.expert import expert_trajectories
-from tratree.formats import Pair
-from tratree.spec import DPOTrainingSpec, LoraSpec, TrainingSpec, parse_experiment
-from tratree.train.data import dpo_example, sft_example
+from tratree.agent.expert import expert_trajectories
+from tratree.models.tiny import build_model, corpus, train_tokenizer
+from tratree.records.formats import Pair
+from tratree.spec.experiment import DPOTrainingSpec, LoraSpec, TrainingSpec, parse_experiment
+from tratree.train.datasets import dpo_example, sft_example
 from tratree.train.dpo import train_dpo
 from tratree.train.sft import train_sft
-from tratree.train.tiny import build_model, corpus, train_tokenizer
 
 ENV = {"name": "textworldexpress", "tasks": ["cookingworld"], "maxSteps": 20,
        "gameParams": "numLocations=1,numIngredients=1,numDistractorItems=0,includeDoors=0,limitInventorySize=0"}

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from tratree.formats import Step, Trajectory
+from tratree.records.formats import Step, Trajectory
 
 PER_TASK, STEPS, CHUNK = 6, 10, 10_000
 _FILLER = " You see a counter, a fridge, a stove and a table. Exits lead north and east."
@@ -61,9 +61,9 @@ def synthetic(n: int, seed: int = 0, start: int = 0):
 
 def worker(n: int, mcts_trees: int) -> dict:
     """Measure one size in this process."""
-    from tratree.mcts import search
-    from tratree.pairs import tree_pairs
-    from tratree.tree import TreeBuilder, summarize, task_rng
+    from tratree.method.mcts import search
+    from tratree.method.pairs import tree_pairs
+    from tratree.method.tree import TreeBuilder, summarize, task_rng
 
     builder = TreeBuilder()
     build = 0.0
@@ -100,8 +100,8 @@ def worker(n: int, mcts_trees: int) -> dict:
 
 def wide_root(children: int) -> dict:
     """TreeDPO pairs of one task whose root has ``children`` one-step episodes (measured in this process)."""
-    from tratree.pairs import tree_pairs
-    from tratree.tree import build_trees
+    from tratree.method.pairs import tree_pairs
+    from tratree.method.tree import build_trees
 
     trajs = [Trajectory.model_construct(task_id="wide", instruction="i", final_observation="", meta={}, success=False,
                                         score=(i % 11) / 10,

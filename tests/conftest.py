@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tratree.formats import Step, Trajectory
+from tratree.records.formats import Step, Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ QUICK_ENV = {
 
 def small_spec(**overrides):
     """A small TextWorldExpress experiment spec for tests."""
-    from tratree.spec import parse_experiment
+    from tratree.spec.experiment import parse_experiment
 
     body = {
         "weak": {"model": "tiny:weak"},
@@ -72,8 +72,8 @@ def small_spec(**overrides):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A tokenizer trained on a few gold CookingWorld trajectories (shared by the tiny models)."""
-    from tratree.expert import expert_trajectories
-    from tratree.train.tiny import corpus, train_tokenizer
+    from tratree.agent.expert import expert_trajectories
+    from tratree.models.tiny import corpus, train_tokenizer
 
     return train_tokenizer(corpus("textworldexpress", expert_trajectories(small_spec(), "train", 8)))
 
@@ -81,7 +81,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_weak_dir(tmp_path_factory, tiny_tokenizer):
     """An untrained tiny:weak model saved to disk."""
-    from tratree.train.tiny import create
+    from tratree.models.tiny import create
 
     return create("weak", tiny_tokenizer, tmp_path_factory.mktemp("models") / "weak")
 
@@ -118,8 +118,8 @@ def s3_env(s3_server, monkeypatch):
 def kube(tmp_path_factory):
     """The real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on
     loopback with one node agent; built from the Go module proxy on first use (``make cluster``)."""
-    from tests.cluster.controlplane import control_plane
-    from tests.cluster.node import NodeAgent
+    from tests.e2e.cluster.controlplane import control_plane
+    from tests.e2e.cluster.node import NodeAgent
 
     folder = tmp_path_factory.mktemp("kube")
     with control_plane(folder) as cp, NodeAgent(cp, folder / "node") as node:

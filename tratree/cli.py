@@ -28,8 +28,8 @@ class CLIError(Exception):
 
 def _read_trajectories_or_trees(path: str):
     """Trees from a trees file, or built (exact match) from a trajectories file."""
-    from tratree.records import iter_jsonl, record_kind, trajectory_view
-    from tratree.tree import build_trees, read_trees
+    from tratree.method.tree import build_trees, read_trees
+    from tratree.records.fast import iter_jsonl, record_kind, trajectory_view
 
     if record_kind(path) == "trajectory":
         return build_trees(iter_jsonl(path, "Trajectory", fast=trajectory_view))
@@ -37,7 +37,7 @@ def _read_trajectories_or_trees(path: str):
 
 
 def cmd_import_eto(args: argparse.Namespace) -> None:
-    from tratree.formats import read_eto, write_jsonl
+    from tratree.records.formats import read_eto, write_jsonl
 
     trajectories = read_eto(args.conversations)
     n = write_jsonl(args.output, trajectories)
@@ -45,13 +45,13 @@ def cmd_import_eto(args: argparse.Namespace) -> None:
 
 
 def cmd_tree_build(args: argparse.Namespace) -> None:
+    from tratree.method.tree import build_trees, summarize
     from tratree.progress import track
-    from tratree.records import iter_jsonl, trajectory_view
-    from tratree.tree import build_trees, summarize
+    from tratree.records.fast import iter_jsonl, trajectory_view
 
     embed = None
     if args.similarity < 1.0:
-        from tratree.embeddings import load_embedder
+        from tratree.method.embeddings import load_embedder
 
         embed = load_embedder(args.embedding_model, show_progress=sys.stderr.isatty())
     trajectories = track(iter_jsonl(args.trajectories, "Trajectory", fast=trajectory_view), "building trees")
@@ -66,7 +66,7 @@ def cmd_tree_build(args: argparse.Namespace) -> None:
 
 
 def cmd_tree_stats(args: argparse.Namespace) -> None:
-    from tratree.tree import summarize
+    from tratree.method.tree import summarize
 
     trees = _read_trajectories_or_trees(args.trees)
     summary = summarize(trees)
@@ -85,11 +85,11 @@ def cmd_tree_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_tree_render(args: argparse.Namespace) -> None:
-    from tratree.atomic import atomic_write
-    from tratree.formats import PathRecord, iter_jsonl
-    from tratree.mcts import search
-    from tratree.tree import task_rng
-    from tratree.treeview import render_html
+    from tratree.method.mcts import search
+    from tratree.method.tree import task_rng
+    from tratree.method.treeview import render_html
+    from tratree.records.formats import PathRecord, iter_jsonl
+    from tratree.store.atomic import atomic_write
 
     trees = {t.task_id: t for t in _read_trajectories_or_trees(args.trees)}
     tree = trees.get(args.task)
@@ -111,15 +111,15 @@ def cmd_tree_render(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from tratree.pairs import pairs_of_trees, random_pairs_like_trees
-    from tratree.records import record_kind
+    from tratree.method.pairs import pairs_of_trees, random_pairs_like_trees
+    from tratree.records.fast import record_kind
 
     trees = _read_trajectories_or_trees(args.trees)
     cap = None if args.max_pairs_per_node == 0 else args.max_pairs_per_node
     if args.mode == "tree":
         pairs = pairs_of_trees(trees, args.min_gap, args.continuation, args.max_pairs_per_tree, cap)
     else:
-        from tratree.formats import Trajectory, read_jsonl
+        from tratree.records.formats import Trajectory, read_jsonl
 
         source = args.trajectories or (args.trees if record_kind(args.trees) == "trajectory" else None)
         if source is None:
@@ -132,7 +132,7 @@ def cmd_pairs(args: argparse.Namespace) -> None:
 
 
 def cmd_mcts(args: argparse.Namespace) -> None:
-    from tratree.mcts import mcts_path, path_line
+    from tratree.method.mcts import mcts_path, path_line
     from tratree.progress import track
 
     trees = _read_trajectories_or_trees(args.trees)
@@ -145,7 +145,7 @@ def cmd_mcts(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from tratree.spec import load_experiment, spec_to_manifest
+    from tratree.spec.experiment import load_experiment, spec_to_manifest
 
     exp = load_experiment(args.experiment)
     if args.print:
@@ -153,8 +153,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
         print(yaml.safe_dump(spec_to_manifest(exp), sort_keys=False), end="")
         return
-    from tratree import modelref
     from tratree.envs.names import unknown_tasks
+    from tratree.models import refs as modelref
 
     if unknown := unknown_tasks(exp.spec.environment):
         raise CLIError(f"{args.experiment}: spec.environment.tasks: {unknown}")
@@ -168,7 +168,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _experiment(path: str):
-    from tratree.spec import load_experiment
+    from tratree.spec.experiment import load_experiment
 
     return load_experiment(path)
 
@@ -186,9 +186,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tratree import modelref
+    from tratree.models import refs as modelref
+    from tratree.pipeline.runner import run_pipeline
     from tratree.policy import backend_problem
-    from tratree.run import run_pipeline
 
     exp = _experiment(args.experiment)
     if problem := backend_problem(exp.spec.policy):
@@ -220,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     console.print(table)
     report = next((o for o in outcomes if o.stage == "report"), None)
     if report is not None:
-        from tratree.artifacts import open_store
+        from tratree.store.artifacts import open_store
 
         text = open_store(store).read_verified(report.manifest["prefix"], report.manifest, "results.md")
         print(text.decode(), file=sys.stderr)
@@ -232,8 +232,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _copy_report(store: Any, manifest: dict[str, Any], folder: Path) -> None:
     """The report's tables and plots (not its tree pages), checked against the manifest, into ``folder``."""
-    from tratree.artifacts import MANIFEST
-    from tratree.atomic import atomic_write
+    from tratree.store.artifacts import MANIFEST
+    from tratree.store.atomic import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in sorted(manifest["files"]):
@@ -243,7 +243,7 @@ def _copy_report(store: Any, manifest: dict[str, Any], folder: Path) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from tratree.run import run_stage
+    from tratree.pipeline.runner import run_stage
 
     exp = _experiment(args.spec)
     inputs = None
@@ -262,8 +262,8 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 
 def cmd_expert(args: argparse.Namespace) -> None:
-    from tratree.expert import expert_trajectories
-    from tratree.formats import write_jsonl
+    from tratree.agent.expert import expert_trajectories
+    from tratree.records.formats import write_jsonl
 
     exp = _experiment(args.experiment)
     trajs = expert_trajectories(exp.spec, args.split, args.limit)
@@ -275,17 +275,17 @@ def cmd_expert(args: argparse.Namespace) -> None:
 def _acting_prompt(exp, expert_file: str | None) -> str:
     """The acting prompt of the experiment; its in-context example comes from ``expert_file`` (expert
     trajectories JSONL) or else from the spec's expert source."""
-    from tratree.policy.prompts import acting_prompt
+    from tratree.records.prompts import acting_prompt
 
     env = exp.spec.environment
     expert = None
     if env.icl_example:
         if expert_file:
-            from tratree.formats import Trajectory, read_jsonl
+            from tratree.records.formats import Trajectory, read_jsonl
 
             expert = read_jsonl(expert_file, Trajectory)
         else:
-            from tratree.expert import expert_trajectories
+            from tratree.agent.expert import expert_trajectories
 
             expert = expert_trajectories(exp.spec, "train")
     try:
@@ -295,7 +295,7 @@ def _acting_prompt(exp, expert_file: str | None) -> str:
 
 
 def cmd_explore(args: argparse.Namespace) -> None:
-    from tratree.explore import explore
+    from tratree.agent.explore import explore
 
     exp = _experiment(args.experiment)
     trajs = explore(exp.spec, _backend(exp, args.model), args.output, model=args.model,
@@ -305,8 +305,8 @@ def cmd_explore(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from tratree.episodes import dump_json
-    from tratree.evaluate import evaluate
+    from tratree.agent.episodes import dump_json
+    from tratree.agent.evaluate import evaluate
 
     exp = _experiment(args.experiment)
     out = Path(args.output)
@@ -320,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_model_init(args: argparse.Namespace) -> None:
-    from tratree.train import tiny
+    from tratree.models import tiny
 
     name = tiny.preset_name(args.preset)
     if name is None:
@@ -330,7 +330,7 @@ def cmd_model_init(args: argparse.Namespace) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
-        from tratree.expert import expert_trajectories
+        from tratree.agent.expert import expert_trajectories
 
         exp = _experiment(args.experiment)
         trajs = expert_trajectories(exp.spec, "train", args.limit)
@@ -344,7 +344,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     exp = _experiment(args.experiment)
     if args.name:
-        from tratree.spec import EXPERIMENT_NAME, NAME_RULE
+        from tratree.spec.experiment import EXPERIMENT_NAME, NAME_RULE
 
         if not EXPERIMENT_NAME.match(args.name):
             raise CLIError(f"--name: {args.name!r} is not a valid experiment name ({NAME_RULE})")
@@ -372,7 +372,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if status.get("results"):
         _results_table(status["results"])
         if args.output:
-            from tratree.atomic import atomic_write
+            from tratree.store.atomic import atomic_write
 
             with atomic_write(args.output) as fh:
                 json.dump(status["results"], fh, indent=2)
@@ -400,7 +400,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tratree.compare import ResultsError, compare, load_results
+    from tratree.analysis.compare import ResultsError, compare, load_results
 
     try:
         rows = compare(load_results(args.results), load_results(args.baseline), args.max_drop)
@@ -426,7 +426,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _write_lines(path: str, lines) -> int:
     """Write lines atomically; how many."""
-    from tratree.atomic import atomic_write
+    from tratree.store.atomic import atomic_write
 
     n = 0
     with atomic_write(path) as fh:

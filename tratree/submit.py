@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tratree.crd import PLURAL, VERSION
-from tratree.spec import API_GROUP, Experiment, spec_to_manifest
+from tratree.spec.crd import PLURAL, VERSION
+from tratree.spec.experiment import API_GROUP, Experiment, spec_to_manifest
 
 
 class SubmitError(RuntimeError):

@@ -24,8 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tratree.run import run_pipeline
-from tratree.spec import load_experiment, parse_experiment
+from tratree.pipeline.runner import run_pipeline
+from tratree.spec.experiment import load_experiment, parse_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT_GRID = {"weak": [(10, 5e-3), (20, 5e-3), (40, 5e-3), (20, 2e-3)],

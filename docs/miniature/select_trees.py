@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tratree.spec import load_experiment, spec_to_manifest
+from tratree.spec.experiment import load_experiment, spec_to_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAJECTORIES = (8, 16)

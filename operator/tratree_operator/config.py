@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from tratree.spec import ExperimentSpec, StageKind, StageResources, Toleration
+from tratree.spec.experiment import ExperimentSpec, StageKind, StageResources, Toleration
 
 # Which image runs which kind of stage: tree work and reports need no GPU stack.
 IMAGE_OF_KIND: dict[StageKind, str] = {

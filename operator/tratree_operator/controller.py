@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tratree.artifacts import S3Store, Store, StoreError, open_store
-from tratree.pipeline import plan
-from tratree.run import done_manifests
-from tratree.spec import SpecError
+from tratree.pipeline.graph import plan
+from tratree.pipeline.runner import done_manifests
+from tratree.spec.experiment import SpecError
+from tratree.store.artifacts import S3Store, Store, StoreError, open_store
 from tratree_operator import metrics
 from tratree_operator.config import OperatorConfig
 from tratree_operator.kube import Conflict, Kube

@@ -11,8 +11,8 @@ from typing import Any
 
 import kopf
 
-from tratree.crd import PLURAL, VERSION
-from tratree.spec import API_GROUP
+from tratree.spec.crd import PLURAL, VERSION
+from tratree.spec.experiment import API_GROUP
 from tratree_operator import metrics
 from tratree_operator.config import load_config
 from tratree_operator.controller import Controller

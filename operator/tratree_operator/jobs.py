@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from tratree.pipeline import Stage
-from tratree.spec import API_VERSION, KIND, ExperimentSpec
+from tratree.pipeline.graph import Stage
+from tratree.spec.experiment import API_VERSION, KIND, ExperimentSpec
 from tratree_operator.config import IMAGE_OF_KIND, OperatorConfig
 
 GROUP = "tratree.io"

@@ -19,8 +19,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from tratree.crd import PLURAL, VERSION
-from tratree.spec import API_GROUP, API_VERSION, KIND
+from tratree.spec.crd import PLURAL, VERSION
+from tratree.spec.experiment import API_GROUP, API_VERSION, KIND
 from tratree_operator.jobs import LABEL_EXPERIMENT
 from tratree_operator.reconcile import Event
 

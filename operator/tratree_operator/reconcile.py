@@ -6,7 +6,7 @@ are done, the report's results) and returns what to do: Jobs to create and delet
 status, Events, and when to look again. It does no I/O, so every case is a unit test, and a
 restarted operator decides from the same inputs what the old one would have.
 
-Each stage has a plan key (``tratree.pipeline.fingerprints``): a digest of its spec slice, its
+Each stage has a plan key (``tratree.pipeline.graph.fingerprints``): a digest of its spec slice, its
 inputs' keys and the code version. Jobs carry it, so a spec edit that changes a stage's key
 re-runs that stage and everything after it, and leaves the rest standing.
 """
@@ -19,8 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tratree.pipeline import W2SG_METHODS, Stage, fingerprints, plan
-from tratree.spec import API_VERSION, KIND, Experiment, ExperimentSpec, SpecError, parse_experiment
+from tratree.pipeline.graph import W2SG_METHODS, Stage, fingerprints, plan
+from tratree.spec.experiment import API_VERSION, KIND, Experiment, ExperimentSpec, SpecError, parse_experiment
 from tratree_operator.config import OperatorConfig
 from tratree_operator.jobs import (
     ANNOTATION_KEY,

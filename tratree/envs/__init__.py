@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from tratree.envs.base import Environment, EnvironmentUnavailable, Outcome, Reset, Split, spread
-from tratree.spec import EnvironmentSpec
+from tratree.spec.experiment import EnvironmentSpec
 
 __all__ = ["Environment", "EnvironmentUnavailable", "Outcome", "Reset", "Split", "env_factory", "invalid_action",
            "make_env", "step_limit", "task_ids"]

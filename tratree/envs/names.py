@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tratree.spec import EnvironmentSpec
+from tratree.spec.experiment import EnvironmentSpec
 
 
 def unknown_tasks(spec: EnvironmentSpec) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tratree.errors import UserError
 from tratree.policy.base import Backend, GenerationRequest
-from tratree.spec import PolicySpec
+from tratree.spec.experiment import PolicySpec
 
 __all__ = ["Backend", "BackendUnavailable", "GenerationRequest", "backend_problem", "make_backend"]
 
@@ -33,8 +33,8 @@ def make_backend(spec: PolicySpec, model: str, dtype: str = "auto") -> Backend:
         assert spec.endpoint is not None
         return OpenAIBackend(spec.endpoint, model, spec.max_new_tokens, concurrency=spec.batch_size)
     if spec.backend == "vllm":
+        from tratree.models.loading import adapter_base
         from tratree.policy.vllm_backend import VLLMBackend
-        from tratree.train.models import adapter_base
 
         base = adapter_base(model)
         return VLLMBackend(

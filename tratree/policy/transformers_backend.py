@@ -7,7 +7,7 @@ from typing import Any
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tratree.policy.base import GenerationRequest, cut_reply
-from tratree.policy.prompts import fit
+from tratree.records.prompts import fit
 
 
 class TransformersBackend:
@@ -32,7 +32,7 @@ class TransformersBackend:
     def from_pretrained(cls, path: str, max_new_tokens: int = 128, batch_size: int = 16, dtype: str = "auto") -> TransformersBackend:
         import torch
 
-        from tratree.train.models import load_causal_lm
+        from tratree.models.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, dtype=dtype)
         if torch.cuda.is_available():  # loaded on the CPU; a GPU Pod generates on its GPU

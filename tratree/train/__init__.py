@@ -1,1 +1,1 @@
-"""Model loading, tiny presets, SFT and DPO (TRL + PEFT)."""
+"""Training: SFT and DPO with TRL and PEFT, their datasets, optimizer-step budgets and what each run reports."""

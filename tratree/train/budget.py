@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from tratree.spec import TrainingSpec
+from tratree.spec.experiment import TrainingSpec
 
 
 def world_size() -> int:

@@ -18,11 +18,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tratree.formats import Pair
-from tratree.spec import DPOTrainingSpec, LoraSpec
+from tratree.models.loading import save_model
+from tratree.records.formats import Pair
+from tratree.spec.experiment import DPOTrainingSpec, LoraSpec
 from tratree.train.budget import optimizer_steps
-from tratree.train.data import check_fits, check_same_tokenizer, dpo_example
-from tratree.train.models import save_model
+from tratree.train.datasets import check_fits, check_same_tokenizer, dpo_example
 from tratree.train.setup import common_args, fit, lora_config, loss_history
 
 

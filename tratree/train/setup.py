@@ -8,10 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tratree.spec import LoraSpec, TrainingSpec
-from tratree.train import tiny
+from tratree.models import tiny
+from tratree.models.loading import load_causal_lm
+from tratree.spec.experiment import LoraSpec, TrainingSpec
 from tratree.train.budget import FEW_STEPS, accumulation, optimizer_steps, warmup_steps
-from tratree.train.models import load_causal_lm
 
 # tratree passes gradient_checkpointing=False explicitly (TRL 1.16 on CPU needs it); transformers 5
 # warns that the name is deprecated on every stage, which says nothing to the person watching.

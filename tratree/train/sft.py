@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tratree.formats import Trajectory
-from tratree.spec import LoraSpec, TrainingSpec
+from tratree.models.loading import save_model
+from tratree.records.formats import Trajectory
+from tratree.spec.experiment import LoraSpec, TrainingSpec
 from tratree.train.budget import optimizer_steps
-from tratree.train.data import check_fits, sft_example
-from tratree.train.models import save_model
+from tratree.train.datasets import check_fits, sft_example
 from tratree.train.setup import common_args, fit, lora_config, loss_history
 
 

@@ -40,8 +40,8 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* Exactly the API calls the operator makes, and the one permission admission checks (tests/test_chart.py
-     compares them with a recorded run; tests/test_kubernetes.py runs the operator under them on a real apiserver). */}}
+{{/* Exactly the API calls the operator makes, and the one permission admission checks (tests/unit/test_chart.py
+     compares them with a recorded run; tests/e2e/test_kubernetes.py runs the operator under them on a real apiserver). */}}
 {{- define "tratree.rules" -}}
 - apiGroups: ["tratree.io"]
   resources: ["w2sgexperiments"]

@@ -1,0 +1,1 @@
+"""The agent in its environments: rollouts, exploration, evaluation, expert trajectories and the pretraining corpus."""

@@ -1,0 +1,1 @@
+"""Statistics of results tables and the regression gate that compares two of them."""
