@@ -95,7 +95,7 @@ def test_an_eto_id_that_fits_no_environment_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("mode", ["eto", "ceiling"])
 def test_eto_and_ceiling_with_no_pair_fail_naming_the_mismatch(tmp_path, mode):
     from tests.conftest import make_traj, small_spec
-    from tratree.pipeline.actions import StageContext, StageError
+    from tratree.pipeline.actions.context import StageContext, StageError
     from tratree.pipeline.actions.training import dpo
     from tratree.pipeline.graph import plan
     from tratree.records.formats import write_jsonl
@@ -121,7 +121,7 @@ def test_eto_where_the_strong_model_already_matches_the_expert_keeps_it_and_says
 
     from tests.conftest import make_traj, small_spec
     from tratree.models.tiny import corpus, create, train_tokenizer
-    from tratree.pipeline.actions import StageContext
+    from tratree.pipeline.actions.context import StageContext
     from tratree.pipeline.actions.training import dpo
     from tratree.pipeline.graph import plan
     from tratree.records.formats import write_jsonl

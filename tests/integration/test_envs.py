@@ -248,8 +248,8 @@ def test_unknown_games_are_refused():
 
 @pytest.mark.slow
 def test_etos_scienceworld_protocol_has_its_task_types_splits_and_step_limits(monkeypatch):
+    from tratree.catalog import SCIWORLD_TASKS as TASKS
     from tratree.envs import step_limit
-    from tratree.envs.eto_sciworld import TASKS
 
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx384m")
     spec = EnvironmentSpec(name="scienceworld", tasks=[], game_params="easy", protocol="eto")

@@ -302,19 +302,20 @@ except KeyboardInterrupt:
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temp file
 
 
-def test_tree_commands_never_import_torch(tmp_path, traj_file):
+def test_tree_commands_never_import_torch_and_the_tree_and_mcts_commands_not_pydantic(tmp_path, traj_file):
+    trees = str(tmp_path / "trees.jsonl")
     code = f"""
 import sys
 from tratree.cli import main
-for args in (["tree", "build", {str(traj_file)!r}, "-o", {str(tmp_path / 'trees.jsonl')!r}],
-             ["tree", "stats", {str(tmp_path / 'trees.jsonl')!r}, "--json"],
-             ["pairs", {str(tmp_path / 'trees.jsonl')!r}, "-o", {str(tmp_path / 'p.jsonl')!r}],
-             ["mcts", {str(tmp_path / 'trees.jsonl')!r}, "-o", {str(tmp_path / 'm.jsonl')!r}],
-             ["tree", "render", {str(tmp_path / 'trees.jsonl')!r}, "--task", "t1", "-o", {str(tmp_path / 't.html')!r}]):
+def loaded(*roots):
+    return sorted(m for m in sys.modules if m.split(".")[0] in roots)
+for args in (["tree", "build", {str(traj_file)!r}, "-o", {trees!r}], ["tree", "stats", {trees!r}, "--json"],
+             ["mcts", {trees!r}, "-o", {str(tmp_path / 'm.jsonl')!r}],
+             ["tree", "render", {trees!r}, "--task", "t1", "-o", {str(tmp_path / 't.html')!r}]):
     assert main(args) == 0
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers", "numpy"))
-print(heavy)
-assert not heavy, heavy
+assert not loaded("pydantic"), loaded("pydantic")
+assert main(["pairs", {trees!r}, "-o", {str(tmp_path / 'p.jsonl')!r}]) == 0
+assert not loaded("torch", "transformers", "sentence_transformers", "numpy"), loaded("torch", "transformers", "numpy")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr + r.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+from tratree.catalog import SCIWORLD_MAX_STEPS
 from tratree.envs.base import Environment, EnvironmentUnavailable, Outcome, Reset, Split, spread
 from tratree.spec.experiment import EnvironmentSpec
 
@@ -61,9 +62,7 @@ def step_limit(spec: EnvironmentSpec) -> Callable[[str], int]:
     """The step limit of a task's episodes: ``maxSteps``, or ETO's under ``protocol: eto``."""
     if spec.protocol == "eto":
         if spec.name == "scienceworld":
-            from tratree.envs.eto_sciworld import MAX_STEPS
-
-            return lambda task_id: MAX_STEPS[task_id.split("/", 1)[0]]
+            return lambda task_id: SCIWORLD_MAX_STEPS[task_id.split("/", 1)[0]]
         if spec.name in ETO_MAX_STEPS:
             limit = ETO_MAX_STEPS[spec.name]
             return lambda task_id: limit

@@ -10,33 +10,7 @@ explores the expert file's tasks under this protocol rather than keeping a third
 
 from __future__ import annotations
 
-# ETO's step limit per task type (its episode ends there, success or not)
-MAX_STEPS: dict[str, int] = {
-    "boil": 100,
-    "change-the-state-of-matter-of": 80,
-    "freeze": 80,
-    "melt": 80,
-    "measure-melting-point-known-substance": 120,
-    "use-thermometer": 30,
-    "power-component": 20,
-    "power-component-renewable-vs-nonrenewable-energy": 30,
-    "test-conductivity": 30,
-    "test-conductivity-of-unknown-substances": 30,
-    "find-animal": 15,
-    "find-living-thing": 15,
-    "find-non-living-thing": 15,
-    "find-plant": 15,
-    "grow-fruit": 60,
-    "grow-plant": 30,
-    "chemistry-mix": 60,
-    "chemistry-mix-paint-secondary-color": 15,
-    "chemistry-mix-paint-tertiary-color": 30,
-    "lifespan-longest-lived": 10,
-    "lifespan-longest-lived-then-shortest-lived": 12,
-    "lifespan-shortest-lived": 10,
-    "identify-life-stages-1": 30,
-    "identify-life-stages-2": 30,
-}
+from tratree.catalog import SCIWORLD_MAX_STEPS, SCIWORLD_TASKS
 
 # first and last variation of each type's test list (consecutive in ETO's file)
 _TEST: dict[str, tuple[int, int]] = {
@@ -93,13 +67,11 @@ _DEV: dict[str, list[int]] = {
     "identify-life-stages-2": [4, 5],
 }
 
-TASKS: tuple[str, ...] = tuple(MAX_STEPS)
-
 
 def variations(task: str, split: str) -> list[int] | None:
     """ETO's variations of ``task`` in ``split`` ("test" or "dev"); None for "train" (the expert file's)."""
-    if task not in MAX_STEPS:
-        raise ValueError(f"ScienceWorld task {task!r} is not one of ETO's {len(TASKS)} task types")
+    if task not in SCIWORLD_MAX_STEPS:
+        raise ValueError(f"ScienceWorld task {task!r} is not one of ETO's {len(SCIWORLD_TASKS)} task types")
     if split == "test":
         lo, hi = _TEST[task]
         return list(range(lo, hi + 1))

@@ -14,6 +14,7 @@ With ``eto=True`` the tasks are ETO's 24 task types and its test and dev variati
 
 from __future__ import annotations
 
+from tratree.catalog import SCIWORLD_TASKS
 from tratree.envs.base import (
     EnvironmentSpecError,
     EnvironmentUnavailable,
@@ -57,9 +58,7 @@ class ScienceWorld:
             raise EnvironmentSpecError(f"unknown ScienceWorld task {unknown[0]!r} (known: {', '.join(known)})")
         self.eto = eto
         if eto:
-            from tratree.envs.eto_sciworld import TASKS
-
-            self.task_names = list(task_names) or list(TASKS)
+            self.task_names = list(task_names) or list(SCIWORLD_TASKS)
         else:
             self.task_names = list(task_names) or known
         self.simplifications = simplifications

@@ -538,9 +538,15 @@ def _fast_tree(d: Any) -> Tree | None:
     return tree
 
 
+def _tree_record() -> type[TreeRecord]:
+    from tratree.records.formats import TreeRecord
+
+    return TreeRecord
+
+
 def read_trees(path: str | Path) -> list[Tree]:
     """Trees from a trees JSONL file; a tree whose counts do not add up is a FormatError."""
-    return list(iter_jsonl(path, "TreeRecord", Tree.from_record, fast=_fast_tree))
+    return list(iter_jsonl(path, _tree_record, Tree.from_record, fast=_fast_tree))
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:

@@ -12,14 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-# Sizes chosen for ~0.4M and ~3M parameters at a 4k vocabulary (tied embeddings): small enough that
-# both converge on a 2-core CPU in minutes, far enough apart that the strong one has the higher ceiling.
-PRESETS: dict[str, dict[str, int]] = {
-    "weak": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2},
-    "strong": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6, "num_attention_heads": 6,
-               "num_key_value_heads": 2},
-}
+from tratree.catalog import TINY_PRESETS
+
 VOCAB_SIZE = 4096
 MAX_POSITIONS = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -41,8 +35,8 @@ def preset_name(ref: str) -> str | None:
     if not ref.startswith("tiny:"):
         return None
     name = ref.removeprefix("tiny:")
-    if name not in PRESETS:
-        raise ValueError(f"unknown tiny preset {ref!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
+    if name not in TINY_PRESETS:
+        raise ValueError(f"unknown tiny preset {ref!r} (known: {', '.join('tiny:' + p for p in TINY_PRESETS)})")
     return name
 
 
@@ -88,7 +82,7 @@ def build_model(preset: str, tokenizer: Any, seed: int = 0) -> Any:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
-        **PRESETS[preset],
+        **TINY_PRESETS[preset],
     )
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

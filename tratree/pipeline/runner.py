@@ -137,7 +137,8 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
               prefix: str, shard: int | None = None, merge: bool = False) -> dict[str, Any]:
     """Run the stage's code (one shard of it, or the merge of its shards) and commit what it writes at
     ``prefix``, manifest last."""
-    from tratree.pipeline.actions import StageContext, action
+    from tratree.pipeline.actions import action
+    from tratree.pipeline.actions.context import StageContext
 
     work = work_root() / stage.name / key
     if merge or shard is not None:

@@ -2,7 +2,7 @@
 
 The tree commands read thousands of trajectories or trees: per-record pydantic objects, and
 importing pydantic at all, were most of their time. Lines are parsed with orjson and checked for
-exact types here; a line that is not plainly valid goes to its pydantic model (tratree.records.formats),
+exact types here; a line that is not plainly valid goes to its pydantic model (tratree.records.formats, which the caller names),
 which accepts what it may coerce or says, in one line, what is wrong.
 """
 
@@ -98,11 +98,7 @@ def trajectory_view(d: Any) -> TrajectoryView | None:
 
 
 def _model(model: Any) -> Any:
-    if isinstance(model, str):
-        from tratree.records import formats
-
-        return getattr(formats, model)
-    return model
+    return model if isinstance(model, type) else model()
 
 
 def _fast_item(fast: Callable[[Any], Any], line: bytes) -> Any:
@@ -120,8 +116,8 @@ def iter_jsonl(
 ) -> Iterator[Any]:
     """Stream validated records from a JSONL file; blank lines are skipped.
 
-    ``model`` is the pydantic model of a record, or the name of one in ``tratree.records.formats``, imported
-    (with pydantic) only when a line needs it: the tree commands read plain lines without pydantic.
+    ``model`` is the pydantic model of a record, or a function that imports and returns it, called only when
+    a line needs it: the tree commands read plain lines without importing pydantic.
 
     ``convert`` turns each record into another object; a ValueError it raises becomes a
     FormatError naming the line. ``fast`` takes a line parsed by orjson and returns the finished

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from tratree.catalog import SCIWORLD_TASKS, TINY_PRESETS
 from tratree.errors import UserError
 
 API_GROUP = "tratree.io"
@@ -119,12 +120,10 @@ class EnvironmentSpec(SpecModel):
     @model_validator(mode="after")
     def _eto_tasks(self) -> EnvironmentSpec:
         if self.protocol == "eto" and self.name == "scienceworld":
-            from tratree.envs.eto_sciworld import TASKS
-
-            outside = [t for t in self.tasks if t not in TASKS]
+            outside = [t for t in self.tasks if t not in SCIWORLD_TASKS]
             if outside:
                 raise ValueError(f"tasks: {outside[0]!r} is not one of ETO's ScienceWorld task types "
-                                 f"({', '.join(TASKS)})")
+                                 f"({', '.join(SCIWORLD_TASKS)})")
         if self.protocol == "eto" and self.name == "textworldexpress":
             raise ValueError("protocol: ETO has no TextWorldExpress protocol; use 'tratree'")
         return self
@@ -206,12 +205,10 @@ class ModelSpec(SpecModel):
     @field_validator("model")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        if value.startswith("tiny:"):
-            from tratree.models.tiny import PRESETS
-
-            if value.removeprefix("tiny:") not in PRESETS:
-                raise ValueError(f"unknown tiny preset {value!r} (known: {', '.join('tiny:' + p for p in PRESETS)})")
+        if value.startswith("tiny:") and value.removeprefix("tiny:") not in TINY_PRESETS:
+            raise ValueError(f"unknown tiny preset {value!r} (known: {', '.join('tiny:' + p for p in TINY_PRESETS)})")
         return value
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     sft: TrainingSpec | None = Field(
         None, description="SFT settings of this model, replacing training.sft (e.g. a tiny model from scratch)."

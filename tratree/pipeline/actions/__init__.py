@@ -3,64 +3,25 @@ its outputs into its own directory; the runner (local or a Kubernetes Job) store
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from tratree.errors import UserError
-from tratree.pipeline.graph import Stage
-from tratree.spec.experiment import ExperimentSpec
-
-
-class StageError(UserError, RuntimeError):
-    """A stage whose inputs cannot give a meaningful output (nothing to train on, say); one line."""
-
-
-@dataclass
-class StageContext:
-    """What a stage's code gets: the spec, its stage, its inputs' directories and its output directory;
-    for a sharded stage, which shard it runs (index, count), or the shards' outputs it merges."""
-
-    spec: ExperimentSpec
-    stage: Stage
-    inputs: dict[str, Path]
-    out: Path
-    shard: tuple[int, int] | None = None
-    merge_from: list[Path] | None = None
-
-    def input(self, name: str) -> Path:
-        return self.inputs[name]
-
-    def input_of(self, action: str) -> Path:
-        """The directory of the (single) input stage named like ``action`` (e.g. 'mcts', 'explore')."""
-        matches = [p for n, p in self.inputs.items() if n == action or n.startswith(action + "-")]
-        if len(matches) != 1:
-            raise KeyError(f"{self.stage.name}: expected one input named {action!r}, got {list(self.inputs)}")
-        return matches[0]
-
-
-Action = Callable[[StageContext], dict[str, Any]]
+from tratree.pipeline.actions.context import Action
 
 
 def action(name: str) -> Action:
     """The code of an action, imported only when a stage of that kind runs."""
-    from tratree.pipeline.actions import data, report
-    from tratree.pipeline.actions import evaluation as evaluate
-    from tratree.pipeline.actions import training as train
+    from tratree.pipeline.actions import data, evaluation, report, training
 
     table: dict[str, Action] = {
         "expert": data.expert,
         "corpus": data.corpus,
-        "pretrain": train.pretrain,
-        "tokenizer": train.tokenizer,
+        "pretrain": training.pretrain,
+        "tokenizer": training.tokenizer,
         "explore": data.explore,
         "trees": data.trees,
         "pairs": data.pairs,
         "mcts": data.mcts,
-        "sft": train.sft,
-        "dpo": train.dpo,
-        "evaluate": evaluate.evaluate,
+        "sft": training.sft,
+        "dpo": training.dpo,
+        "evaluate": evaluation.evaluate,
         "report": report.report,
     }
     return table[name]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tratree.agent.rollout import Episode
-from tratree.pipeline.actions import StageContext, StageError
+from tratree.pipeline.actions.context import StageContext, StageError
 from tratree.records.formats import Pair, Trajectory, read_jsonl, write_jsonl
 
 TRAJECTORIES = "trajectories.jsonl"

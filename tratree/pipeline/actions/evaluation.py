@@ -6,7 +6,7 @@ import json
 import shutil
 from typing import Any
 
-from tratree.pipeline.actions import StageContext
+from tratree.pipeline.actions.context import StageContext
 from tratree.pipeline.actions.data import act, model_input
 from tratree.pipeline.actions.training import REPORTED, TRAINING
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from tratree.pipeline.actions import StageContext
+from tratree.pipeline.actions.context import StageContext
 from tratree.pipeline.actions.data import PAIR_STATS
 from tratree.pipeline.actions.training import TRAINING
 from tratree.train.budget import FEW_STEPS

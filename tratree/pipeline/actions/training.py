@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from tratree.pipeline.actions import StageContext, StageError
+from tratree.pipeline.actions.context import StageContext, StageError
 from tratree.pipeline.actions.data import TRAJECTORIES
 from tratree.records.formats import Pair, PathRecord, Trajectory, read_jsonl
 

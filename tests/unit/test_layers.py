@@ -1,0 +1,121 @@
+"""The package's layers hold: no import runs up a floor or sideways to a peer, and no two modules import each other.
+
+Every import counts, the ones inside functions too (a lazy import is still a dependency), so a module that
+is fine at start-up but reaches upward at run time fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "tratree"
+
+# Floors, lowest first. A module may import its own package and anything on a lower floor, nothing else.
+FLOORS: list[set[str]] = [
+    {"tratree", "errors", "catalog", "interrupts", "progress", "analysis"},
+    {"store"},
+    {"records"},
+    {"spec", "method"},
+    {"envs", "models"},
+    {"policy"},
+    {"agent", "train"},
+    {"pipeline"},
+    {"cli"},
+    {"__main__"},
+]
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str) -> Iterator[str]:
+    """The tratree modules ``name`` imports, wherever in the file the import is."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
+            # ``from pkg import module`` depends on the module, ``from module import name`` on the module
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        yield from (t for t in targets if t in MODULES)
+
+
+GRAPH = {name: set(imports(name)) - {name} for name in MODULES}
+
+
+def room(name: str) -> str:
+    """The top-level piece of tratree a module belongs to: its subpackage, or the module itself."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "tratree"
+
+
+def test_every_piece_of_the_package_has_a_floor():
+    assert {room(m) for m in MODULES} <= set(FLOOR), {room(m) for m in MODULES} - set(FLOOR)
+
+
+def test_no_import_runs_up_a_floor_or_across_to_a_peer():
+    wrong = sorted(
+        f"{m} -> {d}"
+        for m, deps in GRAPH.items()
+        for d in deps
+        if room(d) != room(m) and FLOOR[room(d)] >= FLOOR[room(m)]
+    )
+    assert wrong == []
+
+
+def test_no_circle_among_modules():
+    # Tarjan's strongly connected components; any component of two or more modules is a circle
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def test_the_test_sees_imports_inside_functions():
+    # both are imported only inside a function: the stage actions when a stage runs, the records' pydantic
+    # models when a line needs them
+    assert "tratree.pipeline.actions.data" in GRAPH["tratree.pipeline.actions"]
+    assert "tratree.records.formats" in GRAPH["tratree.method.tree"]
