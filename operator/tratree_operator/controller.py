@@ -23,9 +23,12 @@ from tratree.spec.experiment import SpecError
 from tratree.store.artifacts import S3Store, Store, StoreError, open_store
 from tratree_operator import metrics
 from tratree_operator.config import OperatorConfig
+from tratree_operator.decide import reconcile
 from tratree_operator.kube import Conflict, Kube
+from tratree_operator.observe import experiment_of
 from tratree_operator.peering import Peering
-from tratree_operator.reconcile import Decision, Observed, experiment_of, merge_patch, parse_time, reconcile
+from tratree_operator.status import merge_patch
+from tratree_operator.types import Decision, Observed, parse_time
 
 log = logging.getLogger("tratree_operator")
 Key = tuple[str, str]  # namespace, name

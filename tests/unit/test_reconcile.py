@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from tratree.pipeline.graph import plan
 from tratree.spec.experiment import parse_experiment
 from tratree_operator.config import OperatorConfig
+from tratree_operator.decide import reconcile
 from tratree_operator.jobs import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, job_name
-from tratree_operator.reconcile import Observed, merge_patch, reconcile
+from tratree_operator.status import merge_patch
+from tratree_operator.types import Observed
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 CONFIG = OperatorConfig(retryBackoffSeconds=10, retryBackoffMaxSeconds=300, resyncSeconds=60)
@@ -124,7 +126,7 @@ def test_a_new_experiment_starts_its_first_stage_with_a_configmap_and_owned_labe
     assert d.status["currentStage"] == "expert"
     assert [e.reason for e in d.events] == ["StageStarted"]
     # the name is a function of experiment, stage, plan key and attempt: a restart finds the same Job
-    from tratree_operator.reconcile import plan_keys
+    from tratree_operator.decide import plan_keys
 
     exp_spec = parse_experiment(spec()).spec
     key = plan_keys(exp_spec, plan(exp_spec))["expert"]
@@ -454,7 +456,9 @@ def _pruned(value: Any, schema: dict[str, Any], path: str = "status") -> list[st
 def test_every_status_the_operator_writes_fits_the_crd_status_schema():
     from openapi_schema_validator import OAS30Validator
 
-    from tratree.spec.crd import STATUS_SCHEMA
+    from tratree.spec.crd import status_schema
+
+    schema = status_schema()
 
     statuses = []
     w = World(spec(kubernetes={"stages": {"expert": {"retries": 1}}}))
@@ -466,13 +470,18 @@ def test_every_status_the_operator_writes_fits_the_crd_status_schema():
     w.manifests = {"report": manifest("report")}
     w.results = {"methods": {"w2s-treedpo": {"average_reward": {"mean": 50.0, "std": 1.0},
                                              "success_rate": {"mean": 20.0, "std": 0.0}, "seeds": 1,
-                                             "p_value_vs_sft_strong": 0.04, "gap_recovered": 0.5}}}
+                                             "p_value_vs_sft_strong": 0.04, "gap_recovered": 0.5,
+                                             "gap_recovered_vs_sft_strong": 0.2, "finished_rate": {"mean": 90.0},
+                                             "pairs": [12], "optimizer_steps": [24], "few_steps": False,
+                                             "paired_mean": 3.0, "paired_ci": [0.5, 5.5], "paired_p": 0.01,
+                                             "holm_p": 0.02}}}
     statuses.append(w.step().status)
+    assert len(statuses[-1]["results"]["w2s-treedpo"]) == 15  # every field the report gives, none pruned
     statuses.append(World(spec(seeds=[])).step().status)  # invalid
     statuses.append(World(spec()).step().status)
     for status in statuses:
-        assert _pruned(status, STATUS_SCHEMA) == []
-        OAS30Validator(STATUS_SCHEMA).validate(status)
+        assert _pruned(status, schema) == []
+        OAS30Validator(schema).validate(status)
 
 
 def test_a_failed_stage_says_its_exit_code_and_termination_message():
@@ -538,7 +547,7 @@ def test_a_failed_job_is_counted_once_however_often_its_event_is_told():
 
     from tratree_operator import metrics
     from tratree_operator.controller import Controller
-    from tratree_operator.reconcile import Decision, Event
+    from tratree_operator.types import Decision, Event
 
     class Kube:
         async def patch_status(self, *args):
@@ -699,7 +708,7 @@ def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_j
     import asyncio
 
     from tratree_operator.controller import Controller
-    from tratree_operator.reconcile import Decision
+    from tratree_operator.types import Decision
 
     class Kube:
         def __init__(self):

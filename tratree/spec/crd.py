@@ -1,7 +1,7 @@
-"""The W2SGExperiment CustomResourceDefinition, generated from the pydantic spec.
+"""The W2SGExperiment CustomResourceDefinition, generated from the pydantic spec and status.
 
 ``python -m tratree.spec.crd > crds/w2sgexperiments.tratree.io.yaml`` (``make crds``) writes it; a
-test fails when the checked-in file and the spec drift apart. Pydantic's JSON schema is turned
+test fails when the checked-in file and the models drift apart. Pydantic's JSON schema is turned
 into a Kubernetes structural schema: references inlined, ``null`` alternatives made
 ``nullable``, exclusive bounds in OpenAPI v3.0 form, no titles or defaults (the spec's own
 defaults apply when the operator parses it).
@@ -11,56 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from tratree.spec.experiment import API_GROUP, KIND, ExperimentSpec
+from tratree.spec.status import ExperimentStatus
 
 PLURAL = "w2sgexperiments"
 VERSION = "v1alpha1"
-
-STAGE_STATUS = {
-    "type": "object",
-    "properties": {
-        "state": {"type": "string", "enum": ["Pending", "Running", "Cached", "Succeeded", "Failed"]},
-        "job": {"type": "string"},
-        "key": {"type": "string"},
-        "startTime": {"type": "string", "format": "date-time"},
-        "finishTime": {"type": "string", "format": "date-time"},
-        "attempts": {"type": "integer"},
-        "retryBase": {"type": "integer"},
-        "message": {"type": "string"},
-        "shards": {"type": "string", "description": "a sharded stage's shards done / total"},
-    },
-}
-
-STATUS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-        "observedGeneration": {"type": "integer"},
-        "currentStage": {"type": "string"},
-        "stages": {"type": "object", "additionalProperties": STAGE_STATUS},
-        "conditions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["type", "status"],
-                "properties": {
-                    "type": {"type": "string"},
-                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
-                    "lastTransitionTime": {"type": "string", "format": "date-time"},
-                    "observedGeneration": {"type": "integer"},
-                },
-            },
-        },
-        "artifacts": {"type": "object", "additionalProperties": {"type": "string"}},
-        "results": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "w2sgReward": {"type": "string"},
-        "sftStrongReward": {"type": "string"},
-        "retried": {"type": "string"},
-    },
-}
-
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, list):
@@ -106,10 +63,19 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True)
+    return _structural(raw, raw.get("$defs", {}))
+
+
 def spec_schema() -> dict[str, Any]:
     """The OpenAPI v3 schema of ``.spec``."""
-    raw = ExperimentSpec.model_json_schema(by_alias=True)
-    return _structural(raw, raw.get("$defs", {}))
+    return _schema_of(ExperimentSpec)
+
+
+def status_schema() -> dict[str, Any]:
+    """The OpenAPI v3 schema of ``.status``."""
+    return _schema_of(ExperimentStatus)
 
 
 def crd() -> dict[str, Any]:
@@ -144,7 +110,7 @@ def crd() -> dict[str, Any]:
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
                         "spec": spec_schema(),
-                        "status": STATUS_SCHEMA,
+                        "status": status_schema(),
                     },
                     "required": ["spec"],
                 }},
@@ -156,7 +122,7 @@ def crd() -> dict[str, Any]:
 def render() -> str:
     import yaml
 
-    header = "# Generated from tratree/spec/experiment.py by `make crds` (python -m tratree.spec.crd). Do not edit.\n"
+    header = "# Generated from tratree/spec/experiment.py and status.py by `make crds` (python -m tratree.spec.crd). Do not edit.\n"
     return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
 
 
