@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup cluster demo test lint bench crds clean
+.PHONY: setup cluster demo test lint bench crds clean docs
 
 setup: $(STAMP) $(CHROMIUM)
 
@@ -35,8 +35,12 @@ cluster:
 demo: setup
 	$(BIN)/tratree run examples/quickstart.yaml
 
-test: setup cluster
+test: setup cluster docs
 	$(BIN)/python -m pytest
+
+# the docs site, strict: a broken link, a missing page or a reference that no longer builds fails
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check .
@@ -55,4 +59,4 @@ crds: setup
 	cp crds/w2sgexperiments.tratree.io.yaml charts/tratree/crds/
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts site

@@ -73,7 +73,7 @@ class Operator:
 
 def install(kube) -> dict[str, Any]:
     """What `helm install` puts on the cluster, but the operator Deployment (its process runs here):
-    the CRDs applied the README's way, then the rendered ServiceAccount, RBAC, peering and config."""
+    the CRDs applied the docs' way (Kubernetes, Install), then the rendered ServiceAccount, RBAC, peering and config."""
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "charts" / "tratree" / "crds"))
     kube.kubectl("wait", "--for=condition=Established", "crd/w2sgexperiments.tratree.io", "--timeout=60s")
     kube.kubectl("create", "namespace", OPERATOR_NS, check=False)
@@ -102,7 +102,7 @@ def namespace(kube, name: str) -> str:
 
 
 def s3_secret(kube, ns: str) -> None:
-    """The README's Secret, made the README's way."""
+    """The docs' Secret, made the docs' way."""
     kube.kubectl("-n", ns, "create", "secret", "generic", "tratree-s3", *(f"--from-literal={k}={os.environ[k]}" for k in AWS))
 
 
@@ -173,11 +173,9 @@ def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
     meta = kube.get("w2sg", "e2e", ns)["metadata"]
     assert not meta.get("finalizers") and not [a for a in meta.get("annotations") or {} if "last-handled" in a]
 
-    # `kubectl get w2sg` prints the README's columns
+    # `kubectl get w2sg` prints the docs' columns
     table = kube.kubectl("-n", ns, "get", "w2sg")
-    readme = (ROOT / "README.md").read_text()
-    shown = next(line for line in readme.splitlines()[readme.splitlines().index("$ kubectl -n lab get w2sg") + 1:]
-                 if line.strip())
+    shown = (ROOT / "docs/snippets/kubectl-get-w2sg.txt").read_text().splitlines()[1]  # the docs' example
     assert table.splitlines()[0].split() == shown.split()
     row = table.splitlines()[1].split()
     assert row[:2] == ["e2e", "Succeeded"]
@@ -382,7 +380,7 @@ def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothi
 
 
 def test_the_readme_upgrade_keeps_an_experiment_in_flight(kube, operator, s3_env, tmp_path):
-    """Mid-run, the README's upgrade: CRDs applied server-side, then the operator and the stage
+    """Mid-run, the docs' upgrade (Kubernetes, Operations): CRDs applied server-side, then the operator and the stage
     images move to a newer code version (a copy of tratree with one file changed). The experiment
     finishes; nothing done before runs again; later stages record the new code version."""
     import shutil
@@ -424,10 +422,8 @@ def test_the_readme_upgrade_keeps_an_experiment_in_flight(kube, operator, s3_env
 
 
 def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env, tmp_path, cli):
-    """`tratree submit --wait` as a CI job runs it: a kubeconfig user bound to the README's Role only."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("```yaml\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role"):]
-    role = yaml.safe_load(block[len("```yaml\n"):block.index("```", 8)])
+    """`tratree submit --wait` as a CI job runs it: a kubeconfig user bound to the docs' CI Role only."""
+    role = yaml.safe_load((ROOT / "docs/snippets/ci-role.yaml").read_text())  # the docs' CI Role
     ns = namespace(kube, role["metadata"]["namespace"])
     s3_secret(kube, ns)
     kube.apply(role)
@@ -530,13 +526,13 @@ def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_
     conds = {x["type"]: x for x in st["conditions"]}
     assert conds["Failed"]["status"] == "True" and "expert" in conds["Failed"]["message"]
     assert (conds["Succeeded"]["status"], conds["Succeeded"]["reason"]) == ("False", "StageFailed")
-    # the README's wait for either end returns at once on a failure
+    # the docs' wait for either end returns at once on a failure
     run = kube.kubectl_run("-n", ns, "wait", "--for=condition=Finished", "w2sg/failing", "--timeout=10s")
     assert run.returncode == 0, run.stderr
     events = kube.kubectl("-n", ns, "get", "events", "--field-selector", "involvedObject.name=failing",
                           "-o", "jsonpath={.items[*].reason}").split()
     assert {"StageAttemptFailed", "StageRetried", "StageFailed", "ExperimentFailed"} <= set(events), events
-    # the README's retry: the failed stage gets its retries again, even with its Jobs gone (as after a TTL)
+    # the docs' retry: the failed stage gets its retries again, even with its Jobs gone (as after a TTL)
     kube.kubectl("-n", ns, "delete", "jobs", "-l", "tratree.io/experiment=failing")
     kube.kubectl("-n", ns, "annotate", "w2sg", "failing", "tratree.io/retry=1", "--overwrite")
     kube.wait_for(lambda: status(kube, "failing", ns)["stages"]["expert"]["attempts"] == 4
@@ -561,7 +557,7 @@ def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_j
 
 
 def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, operator, s3_env):
-    """The operator has no store credentials of its own (the README path above got Cached stages and
+    """The operator has no store credentials of its own (the docs' path above got Cached stages and
     results through the experiment's Secret): without the Secret its Jobs use (the chart's default
     name here), its store is not read, and the condition says so."""
     ns = namespace(kube, "nosecret")
