@@ -16,8 +16,8 @@ from tratree.spec.experiment import API_GROUP
 from tratree_operator import metrics
 from tratree_operator.config import load_config
 from tratree_operator.controller import Controller
-from tratree_operator.jobs import LABEL_EXPERIMENT
 from tratree_operator.kube import Kube, load_client_config
+from tratree_operator.types import LABEL_EXPERIMENT
 
 EXPERIMENTS = (API_GROUP, VERSION, PLURAL)
 

@@ -15,12 +15,8 @@ import yaml
 from tratree.pipeline.graph import Stage
 from tratree.spec.experiment import API_VERSION, KIND, ExperimentSpec
 from tratree_operator.config import IMAGE_OF_KIND, OperatorConfig
+from tratree_operator.types import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE
 
-GROUP = "tratree.io"
-LABEL_EXPERIMENT = f"{GROUP}/experiment"
-LABEL_STAGE = f"{GROUP}/stage"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-ANNOTATION_KEY = f"{GROUP}/plan-key"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 SPEC_FILE = "experiment.yaml"
 SPEC_DIR = "/spec"

@@ -21,8 +21,7 @@ from urllib3.exceptions import HTTPError
 
 from tratree.spec.crd import PLURAL, VERSION
 from tratree.spec.experiment import API_GROUP, API_VERSION, KIND
-from tratree_operator.jobs import LABEL_EXPERIMENT
-from tratree_operator.types import Event
+from tratree_operator.types import LABEL_EXPERIMENT, Event
 
 log = logging.getLogger("tratree_operator")
 TRANSIENT = {429, 500, 502, 503, 504}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tratree.spec.experiment import API_VERSION, KIND, Experiment, parse_experiment
-from tratree_operator.jobs import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_STAGE
+from tratree_operator.types import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_STAGE
 
 
 @dataclass(frozen=True)

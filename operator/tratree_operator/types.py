@@ -7,6 +7,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+# the names the operator's objects carry: Jobs and ConfigMaps are found by these labels, a Job's plan key is its annotation
+GROUP = "tratree.io"
+LABEL_EXPERIMENT = f"{GROUP}/experiment"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+ANNOTATION_KEY = f"{GROUP}/plan-key"
+
 
 @dataclass
 class Observed:

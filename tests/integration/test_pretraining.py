@@ -87,9 +87,12 @@ def test_pretrained_models_start_every_sft_of_their_side_and_keys_without_it_are
 
 @pytest.mark.parametrize("name", ["quickstart", "miniature"])
 def test_the_cpu_examples_pretrain_both_models_on_one_shared_corpus(name):
-    spec = load_experiment(ROOT / "examples" / f"{name}.yaml").spec
-    assert spec.pretraining is not None
-    assert spec.weak.pretrain is not None and spec.strong.pretrain is not None
+    stages = {s.name: s for s in plan(load_experiment(ROOT / "examples" / f"{name}.yaml").spec)}
+    assert [n for n in stages if n.startswith("corpus")] == ["corpus"]
+    assert {n for n in stages if n.startswith("pretrain")} == {"pretrain-weak", "pretrain-strong"}
+    assert all("corpus" in stages[n].inputs for n in ("pretrain-weak", "pretrain-strong"))
+    # and what each model starts from downstream is its pretrained weights, not the bare config
+    assert "pretrain-weak" in stages["sft-weak"].inputs and "pretrain-strong" in stages["sft-strong-s0"].inputs
 
 
 def test_the_miniature_shares_the_quickstarts_corpus_and_tokenizer_not_its_shorter_pretraining():

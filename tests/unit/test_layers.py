@@ -30,19 +30,33 @@ FLOORS: list[set[str]] = [
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, base: Path = ROOT) -> str:
+    parts = list(path.relative_to(base).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+OPERATOR = ROOT / "operator"
+OPERATOR_MODULES = {module_name(p, OPERATOR): p for p in (OPERATOR / "tratree_operator").rglob("*.py")}
+
+# The operator's rooms, lowest first: what they hand each other, then observing, rendering status, making
+# manifests and calling the API; then deciding; then the controller that runs the step; then kopf's handlers.
+OPERATOR_FLOORS: list[set[str]] = [
+    {"tratree_operator", "types", "config", "metrics"},
+    {"observe", "status", "jobs", "kube"},
+    {"decide", "peering"},
+    {"controller"},
+    {"handlers"},
+    {"__main__"},
+]
+OPERATOR_FLOOR = {name: i for i, names in enumerate(OPERATOR_FLOORS) for name in names}
 
 
-def imports(name: str) -> Iterator[str]:
-    """The tratree modules ``name`` imports, wherever in the file the import is."""
-    path = MODULES[name]
+def imports(name: str, modules: dict[str, Path] = MODULES) -> Iterator[str]:
+    """The modules of ``modules`` that ``name`` imports, wherever in the file the import is."""
+    path = modules[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -53,13 +67,14 @@ def imports(name: str) -> Iterator[str]:
                 up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*up, base] if base else up)
             # ``from pkg import module`` depends on the module, ``from module import name`` on the module
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
             continue
-        yield from (t for t in targets if t in MODULES)
+        yield from (t for t in targets if t in modules)
 
 
 GRAPH = {name: set(imports(name)) - {name} for name in MODULES}
+OPERATOR_GRAPH = {name: set(imports(name, OPERATOR_MODULES)) - {name} for name in OPERATOR_MODULES}
 
 
 def room(name: str) -> str:
@@ -80,6 +95,17 @@ def test_no_import_runs_up_a_floor_or_across_to_a_peer():
         if room(d) != room(m) and FLOOR[room(d)] >= FLOOR[room(m)]
     )
     assert wrong == []
+
+
+def test_the_operators_rooms_import_only_downward_and_kube_only_types():
+    def room_of(name: str) -> str:
+        return name.split(".")[1] if "." in name else name
+
+    assert {room_of(m) for m in OPERATOR_MODULES} == set(OPERATOR_FLOOR)
+    wrong = sorted(f"{m} -> {d}" for m, deps in OPERATOR_GRAPH.items() for d in deps
+                   if OPERATOR_FLOOR[room_of(d)] >= OPERATOR_FLOOR[room_of(m)] and room_of(d) != "tratree_operator")
+    assert wrong == []
+    assert OPERATOR_GRAPH["tratree_operator.kube"] == {"tratree_operator.types"}
 
 
 def test_no_circle_among_modules():

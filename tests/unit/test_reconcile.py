@@ -14,9 +14,9 @@ from tratree.pipeline.graph import plan
 from tratree.spec.experiment import parse_experiment
 from tratree_operator.config import OperatorConfig
 from tratree_operator.decide import reconcile
-from tratree_operator.jobs import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, job_name
+from tratree_operator.jobs import job_name
 from tratree_operator.status import merge_patch
-from tratree_operator.types import Observed
+from tratree_operator.types import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, Observed
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 CONFIG = OperatorConfig(retryBackoffSeconds=10, retryBackoffMaxSeconds=300, resyncSeconds=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 from tratree.spec.experiment import SpecError, load_experiment, parse_experiment, spec_to_manifest
@@ -31,8 +32,11 @@ def test_quickstart_is_a_valid_manifest_with_the_arms_that_train_at_its_size():
 
 @pytest.mark.parametrize("path", [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "examples/ci/regression.yaml"],
                          ids=lambda p: p.name)
-def test_every_example_validates(path):
-    load_experiment(path)
+def test_every_example_validates_and_what_validate_prints_loads_back_to_it(path, tmp_path):
+    exp = load_experiment(path)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(yaml.safe_dump(spec_to_manifest(exp), sort_keys=False))
+    assert load_experiment(printed).spec == exp.spec  # `tratree validate --print` shows the file, defaults filled in
 
 
 def test_bare_spec_and_manifest_load_to_the_same_spec(tmp_path):
