@@ -1,6 +1,7 @@
 # The tratree operator: slim Python, kopf + the Kubernetes client + boto3, no ML stack.
 #   docker build -f images/operator.Dockerfile -t ghcr.io/tratree/tratree-operator:0.1.0 .
-FROM python:3.11.11-slim-bookworm
+ARG BASE=python:3.11.11-slim-bookworm
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src

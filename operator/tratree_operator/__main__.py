@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds a silent peer counts as alive: how soon a standby takes over from a dead replica")
     p.add_argument("--liveness", default=env("TRATREE_LIVENESS", "http://0.0.0.0:8080/healthz"),
                    help="health endpoint URL ('' to disable)")
-    p.add_argument("--metrics-port", type=int, default=int(env("TRATREE_METRICS_PORT", "9090")),
-                   help="Prometheus /metrics port (0 to disable)")
+    # no environment default: a Service named like the release's metrics Service makes the kubelet inject
+    # TRATREE_METRICS_PORT=tcp://IP:PORT into the Pod, which is no port number
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0 to disable)")
     p.add_argument("--concurrency", type=int, default=8, help="experiments reconciled at once")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)

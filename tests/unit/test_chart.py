@@ -65,6 +65,7 @@ def test_the_chart_renders_lints_and_validates(name):
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["enableServiceLinks"] is False  # no TRATREE_METRICS_PORT=tcp://… from the release's own Service
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
     assert container["livenessProbe"]["httpGet"]["port"] == container["readinessProbe"]["httpGet"]["port"] == "health"
@@ -120,3 +121,12 @@ def test_the_chart_ships_the_generated_crd():
 
 def rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_the_operator_takes_its_metrics_port_from_the_flag_whatever_the_kubelet_injects(monkeypatch):
+    from tratree_operator.__main__ import parse_args
+
+    # what the kubelet injects into a Pod of a namespace with a Service named tratree-metrics
+    monkeypatch.setenv("TRATREE_METRICS_PORT", "tcp://10.0.0.12:9090")
+    assert parse_args(["--metrics-port=9191"]).metrics_port == 9191
+    assert parse_args([]).metrics_port == 9090

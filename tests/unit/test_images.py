@@ -23,6 +23,18 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def base_of(path: Path, name: str) -> str:
+    """A FROM's image with the build ARGs declared before the first FROM filled in from their defaults."""
+    defaults = {}
+    for word, args in instructions(path):
+        if word == "FROM":
+            break
+        if word == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            defaults[key] = value
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], name)
+
+
 def test_there_is_an_image_for_each_kind_of_job():
     assert {p.name for p in DOCKERFILES} == {"operator.Dockerfile", "cpu.Dockerfile", "trainer.Dockerfile",
                                               "explorer.Dockerfile"}
@@ -31,7 +43,7 @@ def test_there_is_an_image_for_each_kind_of_job():
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_is_pinned_copies_what_exists_and_runs_as_non_root(path):
     steps = instructions(path)
-    bases = [args.split()[0] for word, args in steps if word == "FROM"]
+    bases = [base_of(path, args.split()[0]) for word, args in steps if word == "FROM"]
     assert bases
     for base in bases:
         tag = base.split("@")[0].rpartition(":")[2] if ":" in base.split("@")[0] else ""
@@ -50,3 +62,33 @@ def test_dockerfile_is_pinned_copies_what_exists_and_runs_as_non_root(path):
         assert '"torch==2.13.0"' in run, f"{path.name}: torch pinned as in the Makefile"
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_the_base_is_a_build_arg_with_a_public_default(path):
+    steps = instructions(path)
+    first = next(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    assert steps[first][1] == "${BASE}", f"{path.name}: FROM takes ARG BASE (a locally made base is passed in)"
+    assert ("ARG", "BASE=python:3.11.11-slim-bookworm") in steps[:first]
+
+
+@pytest.mark.parametrize("name", ["cpu.Dockerfile", "explorer.Dockerfile"])
+def test_the_jre_installs_on_a_slim_base(name):
+    run = [args for word, args in instructions(ROOT / "images" / name) if word == "RUN"]
+    jre = next(r for r in run if "openjdk-17-jre-headless" in r)
+    # update-alternatives exits 100 when /usr/share/man/man1 is missing, as it is on slim bases
+    assert jre.index("mkdir -p /usr/share/man/man1") < jre.index("apt-get install")
+
+
+def test_the_trainer_installs_a_cuda_build_that_torch_2_13_ships():
+    args = dict(a.partition("=")[::2] for word, a in instructions(ROOT / "images/trainer.Dockerfile") if word == "ARG")
+    assert args["TORCH_INDEX"].rsplit("/", 1)[1] in ("cu126", "cu130")
+
+
+def test_the_explorer_runs_a_vllm_on_torch_2_13_and_transformers_5_with_peft():
+    steps = instructions(ROOT / "images/explorer.Dockerfile")
+    args = dict(a.partition("=")[::2] for word, a in steps if word == "ARG")
+    # 0.29 and 0.30 pin torch 2.13.0 and transformers >= 5.10 (0.11 read transformers-5 configs wrongly)
+    assert args["VLLM_VERSION"] in ("0.29.0", "0.30.0")
+    run = " ".join(a for word, a in steps if word == "RUN")
+    assert 'pip install "vllm==${VLLM_VERSION}"' in run and '"peft>=0.21,<1"' in run

@@ -198,3 +198,22 @@ def test_per_row_draws_do_not_depend_on_the_batch():
         None, logits.repeat(3, 1))
     assert torch.equal(torch.isfinite(alone[0]), torch.isfinite(crowd[1]))
     assert int(torch.isfinite(crowd).sum()) == 3  # one drawn token per row
+
+
+@pytest.mark.parametrize(("rank", "allowed"), [(8, 8), (64, 64), (48, 64), (200, 256)])
+def test_vllm_is_told_the_adapters_rank_rounded_up_to_one_it_serves(tmp_path, rank, allowed):
+    from tratree.policy.vllm_backend import max_lora_rank
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 16}))
+    assert max_lora_rank(str(tmp_path)) == allowed  # vLLM's default of 16 refuses tratree's rank-64 adapters
+
+
+def test_an_adapter_without_a_readable_rank_is_one_line(tmp_path):
+    from tratree.errors import UserError
+    from tratree.policy.vllm_backend import max_lora_rank
+
+    with pytest.raises(UserError, match=r"adapter_config\.json: cannot read the LoRA rank"):
+        max_lora_rank(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 1024}))
+    with pytest.raises(UserError, match="above the largest vLLM serves"):
+        max_lora_rank(str(tmp_path))

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from tratree.errors import UserError
 from tratree.policy.base import STOP_STRINGS, GenerationRequest, cut_reply
+
+# the LoRA ranks vLLM's kernels are built for; its max_lora_rank must be one of them (default 16)
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def max_lora_rank(adapter: str) -> int:
+    """The ``max_lora_rank`` vLLM needs to serve the adapter in ``adapter``: its rank, rounded up to one vLLM has."""
+    config = Path(adapter) / "adapter_config.json"
+    try:
+        rank = int(json.loads(config.read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{config}: cannot read the LoRA rank ({err})") from None
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise UserError(f"{config}: LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]})")
+    return fits[0]
 
 
 class VLLMBackend:
@@ -24,12 +43,13 @@ class VLLMBackend:
         if llm is None:
             from vllm import LLM
 
+            lora = {"enable_lora": True, "max_lora_rank": max_lora_rank(lora_path)} if lora_path else {}
             llm = LLM(
                 model=model,
                 tensor_parallel_size=tensor_parallel_size,
                 gpu_memory_utilization=gpu_memory_utilization,
-                enable_lora=lora_path is not None,
                 seed=0,
+                **lora,
             )
         self.llm = llm
 
