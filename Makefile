@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup cluster demo test lint bench crds clean docs
+.PHONY: setup cluster node images test-images demo test lint bench crds clean docs
 
 setup: $(STAMP) $(CHROMIUM)
 
@@ -32,10 +32,31 @@ $(CHROMIUM):
 cluster:
 	bash cluster/build.sh
 
+# A real node's parts: runc, the CNI plugins, iptables and conntrack (for kube-proxy), buildah and podman
+# (images), debootstrap (their base) from Debian; containerd, Helm and the pause image built by
+# cluster/node.sh from the Go module proxy and cached under ~/.cache/tratree (cold: a few minutes).
+NODE_TOOLS := /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/sbin/conntrack /usr/bin/buildah \
+              /usr/bin/podman /usr/sbin/debootstrap
+node: $(NODE_TOOLS)
+	bash cluster/node.sh
+
+$(NODE_TOOLS) &:
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo -E) apt-get install -y -q --no-install-recommends \
+	  runc containernetworking-plugins iptables conntrack buildah podman debootstrap
+
+# All four images, from a Debian base made here (images/build.sh: a table of build times and sizes)
+images: $(NODE_TOOLS)
+	bash images/build.sh
+
+# The images the real-node test runs (the explorer's vLLM is left to `make images`: see docs/development)
+test-images: $(NODE_TOOLS)
+	bash images/build.sh operator cpu trainer
+
 demo: setup
 	$(BIN)/tratree run examples/quickstart.yaml
 
-test: setup cluster docs
+test: setup cluster node test-images docs
 	$(BIN)/python -m pytest
 
 # the docs site, strict: a broken link, a missing page or a reference that no longer builds fails

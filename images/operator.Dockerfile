@@ -5,11 +5,16 @@ FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY requirements/constraints.txt requirements/constraints.txt
+# the dependencies alone (empty packages stand in), so a change of code or README rebuilds one small layer
+RUN mkdir -p tratree operator/tratree_operator && touch README.md tratree/__init__.py operator/tratree_operator/__init__.py \
+ && pip install -c requirements/constraints.txt ".[operator]" \
+ && pip uninstall -y tratree && rm -rf README.md tratree operator build
+COPY README.md ./
 COPY tratree tratree
 COPY operator/tratree_operator operator/tratree_operator
-RUN pip install -c requirements/constraints.txt ".[operator]" \
+RUN pip install --no-deps . \
  && rm -rf /src \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin tratree
 WORKDIR /

@@ -130,3 +130,15 @@ def test_the_operator_takes_its_metrics_port_from_the_flag_whatever_the_kubelet_
     monkeypatch.setenv("TRATREE_METRICS_PORT", "tcp://10.0.0.12:9090")
     assert parse_args(["--metrics-port=9191"]).metrics_port == 9191
     assert parse_args([]).metrics_port == 9090
+
+
+def test_a_stage_quantity_given_as_a_number_is_taken_as_kubernetes_takes_it():
+    # `helm --set stages.resources.sft.cpu=4` and `cpu: 4` in YAML give a number, not a string: the
+    # operator crash-looped on that (found by `helm install` on a real node)
+    docs = render({"stages": {"resources": {"sft": {"cpu": 4, "memory": "6Gi", "gpus": 0}}}})
+    config = OperatorConfig.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]))
+    assert config.resources["sft"].cpu == "4"
+    (crd,) = [d for d in crd_docs() if d["metadata"]["name"] == "w2sgexperiments.tratree.io"]
+    cpu = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "kubernetes"]["properties"]["stages"]["additionalProperties"]["properties"]["cpu"]
+    assert cpu.get("x-kubernetes-int-or-string") is True and "type" not in cpu

@@ -14,9 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -370,7 +372,13 @@ def _quantity(value: str | None) -> str | None:
     return value
 
 
-Quantity = Annotated[str | None, AfterValidator(_quantity)]
+def _number_as_text(value: Any) -> Any:
+    # YAML and `helm --set` make `cpu: 2` a number; Kubernetes takes a quantity as int or string
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[str | None, BeforeValidator(_number_as_text), AfterValidator(_quantity),
+                     WithJsonSchema({"anyOf": [{"x-kubernetes-int-or-string": True}, {"type": "null"}]})]
 
 
 class StageResources(SpecModel):

@@ -85,7 +85,8 @@ class Authority:
                      .sign(self.key, hashes.SHA256()))
         self.pair = _write_pair(folder, "ca", self.cert, self.key)
 
-    def issue(self, name: str, common_name: str, groups: tuple[str, ...] = (), server: bool = False) -> KeyPair:
+    def issue(self, name: str, common_name: str, groups: tuple[str, ...] = (), server: bool = False,
+              addresses: tuple[str, ...] = ()) -> KeyPair:
         x509, oid = self._x509, self._oid
         key = self._ec.generate_private_key(self._ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(oid.ORGANIZATION_NAME, g) for g in groups]
@@ -98,7 +99,7 @@ class Authority:
         if server:
             sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default",
                                                 "kubernetes.default.svc")]
-            sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+            sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1", *addresses)]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
             builder = builder.add_extension(x509.ExtendedKeyUsage([usage.SERVER_AUTH]), False)
         else:
@@ -125,8 +126,11 @@ def _service_account_keys(folder: Path) -> KeyPair:
 class ControlPlane:
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler as subprocesses."""
 
-    def __init__(self, folder: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, folder: Path, bin_dir: Path | None = None, advertise: str | None = None) -> None:
+        """``advertise``: an address of this machine that Pods reach; the apiserver then listens on it
+        too and publishes it as the ``kubernetes`` Service's endpoint (a real node's Pods need that)."""
         self.folder = folder
+        self.advertise = advertise
         self.bin = bin_dir or binaries()
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.args: dict[str, list[str]] = {}
@@ -224,18 +228,26 @@ class ControlPlane:
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync=true",
             "--log-level=warn",
         ])
-        serving = self.ca.issue("apiserver", "kube-apiserver", server=True)
+        serving = self.ca.issue("apiserver", "kube-apiserver", server=True,
+                                addresses=(self.advertise,) if self.advertise else ())
+        kubelet_client = self.ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+        if self.advertise:
+            # a node's name is not in DNS here: the apiserver reaches kubelets (logs, exec) by their IP
+            listen = ["--bind-address=0.0.0.0", f"--advertise-address={self.advertise}", "--endpoint-reconciler-type=lease",
+                      "--kubelet-preferred-address-types=InternalIP,Hostname"]
+        else:
+            listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         policy = self.folder / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                                           "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))
         self.audit_log = self.folder / "audit.log"
         self._start("kube-apiserver", [
-            f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.port}", f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--etcd-servers={self.etcd_url}", *listen, f"--secure-port={self.port}",
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}", f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={self.ca.pair.cert}", "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
             f"--service-account-issuer={self.url}", f"--service-account-key-file={self.sa_keys.cert}",
-            f"--service-account-signing-key-file={self.sa_keys.key}", "--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
+            f"--service-account-signing-key-file={self.sa_keys.key}", "--service-cluster-ip-range=10.0.0.0/24",
             f"--cert-dir={self.certs}", "--allow-privileged=false", "--v=1",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
             "--audit-log-maxbackup=0",
@@ -341,9 +353,9 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def control_plane(folder: Path) -> Iterator[ControlPlane]:
+def control_plane(folder: Path, advertise: str | None = None) -> Iterator[ControlPlane]:
     """A started control plane, stopped (and its etcd data removed) at exit."""
-    cp = ControlPlane(folder)
+    cp = ControlPlane(folder, advertise=advertise)
     try:
         cp.start()
         yield cp
