@@ -3,9 +3,12 @@
 kube-apiserver (RBAC and Node authorizers, default admission plus NodeRestriction and
 OwnerReferencesPermissionEnforcement), etcd, kube-controller-manager (the real Job controller,
 garbage collector, TTL and namespace controllers) and kube-scheduler run on loopback; a node
-agent runs the Pods' commands on this machine (see tests/cluster). The operator runs as a
-subprocess under the chart's ServiceAccount token and ClusterRole, and people's steps are
-real `kubectl` commands.
+agent runs the Pods' commands on this machine (see tests/e2e/cluster/node.py). The agent, not the
+real node of test_real_node.py, because these tests need what no node here has or gives on cue:
+stages that request `nvidia.com/gpu` (it advertises 8), image pulls that fail, Pods preempted at a
+chosen moment, and each stage run as this checkout's code without an image build per change. The
+operator runs as a subprocess under the chart's ServiceAccount token and ClusterRole, and people's
+steps are real `kubectl` commands.
 """
 
 from __future__ import annotations

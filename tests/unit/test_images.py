@@ -92,3 +92,24 @@ def test_the_explorer_runs_a_vllm_on_torch_2_13_and_transformers_5_with_peft():
     assert args["VLLM_VERSION"] in ("0.29.0", "0.30.0")
     run = " ".join(a for word, a in steps if word == "RUN")
     assert 'pip install "vllm==${VLLM_VERSION}"' in run and '"peft>=0.21,<1"' in run
+
+
+def test_the_images_share_their_torch_layer_and_code_comes_last():
+    # images/build.sh passes every image one TORCH_INDEX: identical steps up to torch are one cached layer
+    # (about 4.3 GB) that cpu, trainer and explorer share; the code is the last layer, so a change of it
+    # rebuilds seconds, not the dependencies
+    heads = {}
+    for name in ("cpu", "trainer", "explorer"):
+        steps = instructions(ROOT / "images" / f"{name}.Dockerfile")
+        torch = next(i for i, (word, args) in enumerate(steps) if word == "RUN" and '"torch==2.13.0"' in args)
+        heads[name] = [(w, a) for w, a in steps[:torch + 1] if not (w == "ARG" and a.startswith("TORCH_INDEX="))]
+    assert heads["cpu"] == heads["trainer"] == heads["explorer"]
+    for path in DOCKERFILES:
+        steps = instructions(path)
+        copies = [i for i, (word, args) in enumerate(steps) if word == "COPY" and args.startswith("tratree ")]
+        installs = [i for i, (word, args) in enumerate(steps) if word == "RUN" and "pip install" in args]
+        assert copies and max(installs) > copies[0], f"{path.name}: tratree installed after its code is copied"
+        if path.name != "explorer.Dockerfile":
+            deps = [i for i in installs if "-c requirements/constraints.txt" in steps[i][1]]
+            assert deps and deps[0] < copies[0], f"{path.name}: dependencies are a layer before the code"
+            assert "--no-deps" in steps[max(installs)][1]

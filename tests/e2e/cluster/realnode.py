@@ -224,6 +224,8 @@ state = "{self.state / 'state'}"
         _unmount_under(self.folder)
         _unmount_under(self.state)
         shutil.rmtree(self.state, ignore_errors=True)
+        # the imported images take gigabytes: gone with the node, not left to pytest's kept folders
+        shutil.rmtree(self.folder / "containerd", ignore_errors=True)
 
     def _remove_containers(self) -> None:
         for task in self.ctr("tasks", "list", "--quiet").split():
