@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,14 +110,11 @@ def s3(lab: Lab):
 
 
 def wait(lab: Lab, what: Any, timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        lab.node.check_alive()
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {message}\n{lab.diagnose()}")
+    """The control plane's wait, checking the node's processes too, and on a timeout what a person would read."""
+    try:
+        return lab.cp.wait_for(lambda: lab.node.check_alive() or what(), timeout, message)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{lab.diagnose()}") from None
 
 
 def test_helm_install_runs_the_operator_and_an_experiment_in_the_images_and_upgrade_keeps_it(lab):

@@ -65,6 +65,8 @@ class RealNode:
         release = re.search(r"k8s\.io/kubernetes v([\d.]+)", (ROOT / "cluster" / "go.mod").read_text())
         assert release, "no k8s.io/kubernetes in cluster/go.mod"
         self.pause = f"localhost/tratree/pause:{release.group(1)}"
+        if not cp.advertise:
+            raise ValueError("a real node needs a control plane started with advertise=ADDRESS (Pods must reach it)")
         self.address = cp.advertise
 
     # processes ------------------------------------------------------------------------------
@@ -133,14 +135,13 @@ state = "{self.state / 'state'}"
         return config
 
     def _kubelet_config(self) -> Path:
-        self.kubelet_port, self.kubelet_healthz = free_port(), free_port()
         config = self.folder / "kubelet.yaml"
         config.write_text(yaml.safe_dump({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "failCgroupV1": False,  # this host's cgroups are v1
             "cgroupDriver": "cgroupfs", "containerRuntimeEndpoint": f"unix://{self.socket}",
-            "address": self.address, "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": self.kubelet_healthz,
+            "address": self.address, "port": free_port(), "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(self.cp.ca.pair.cert)}},
             "authorization": {"mode": "Webhook"},
@@ -190,7 +191,7 @@ state = "{self.state / 'state'}"
 
     def import_archive(self, archive: Path) -> None:
         """Import an OCI archive into the kubelet's containerd namespace (layers already there are kept)."""
-        self.ctr("images", "import", "--local", "--no-unpack=false", str(archive))
+        self.ctr("images", "import", "--local", str(archive))
 
     def images(self) -> set[str]:
         return {line.split()[0] for line in self.ctr("images", "list").splitlines()[1:] if line.strip()}
