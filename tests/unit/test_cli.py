@@ -254,7 +254,8 @@ def test_environment_faults_are_one_line(cli, tmp_path, environment, env, messag
 
 def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(tmp_path):
     """Wherever Ctrl-C lands (in Python, or inside a call into an environment's JVM, which py4j turns
-    into another error), the command says "interrupted" once and exits 130, writing nothing."""
+    into another error), the command says "interrupted" once, after at most its own warnings, and exits 130,
+    writing nothing."""
     import time
 
     spec = tmp_path / "x.yaml"
@@ -272,7 +273,11 @@ def test_ctrl_c_while_environments_start_or_run_says_interrupted_and_exits_130(t
         assert p.poll() is None, f"the command ended before its interrupt at {delay} s"
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
-        assert (p.returncode, err) == (130, "tratree: interrupted\n"), (delay, p.returncode, err[-2000:])
+        # warnings the work printed before the interrupt may come first (on a fast machine the expert
+        # stage has already dropped CookingWorld's partial gold runs); then one "interrupted", no traceback
+        *before, last = err.splitlines() or [""]
+        assert (p.returncode, last) == (130, "tratree: interrupted"), (delay, p.returncode, err[-2000:])
+        assert all(line.startswith("tratree: warning: ") for line in before), (delay, err[-2000:])
         assert not (tmp_path / "x.jsonl").exists()
 
 
