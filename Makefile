@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tratree-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup cluster node images test-images demo test lint bench crds clean docs
+.PHONY: setup cluster node kueue images test-images demo test lint bench crds clean docs
 
 setup: $(STAMP) $(CHROMIUM)
 
@@ -32,6 +32,12 @@ $(CHROMIUM):
 cluster:
 	bash cluster/build.sh
 
+# Kueue's controller manager, its CRDs and webhook configurations, for the tests that run the operator
+# under Kueue: built by cluster/kueue.sh at the release pinned in cluster/kueue/go.mod, cached under
+# ~/.cache/tratree (cold: about 4 minutes on 2 cores)
+kueue:
+	bash cluster/kueue.sh
+
 # A real node's parts: runc, the CNI plugins, iptables and conntrack (for kube-proxy), buildah and podman
 # (images), debootstrap (their base) from Debian; containerd, Helm and the pause image built by
 # cluster/node.sh from the Go module proxy and cached under ~/.cache/tratree (cold: a few minutes).
@@ -56,7 +62,7 @@ test-images: $(NODE_TOOLS)
 demo: setup
 	$(BIN)/tratree run examples/quickstart.yaml
 
-test: setup cluster node test-images docs
+test: setup cluster node kueue test-images docs
 	$(BIN)/python -m pytest
 
 # the docs site, strict: a broken link, a missing page or a reference that no longer builds fails

@@ -1,6 +1,6 @@
 """Benchmark of the operator on the real Kubernetes control plane (the one the tests start).
 
-    python bench/operator_kubernetes.py [--experiments 100]
+    python bench/operator_kubernetes.py [--experiments 100] [--chaos KILLS]
 
 kube-apiserver, etcd, kube-controller-manager and kube-scheduler on loopback (built by
 `make cluster`), a node agent whose Pods succeed at once, and the operator under the chart's
@@ -8,7 +8,10 @@ ServiceAccount and RBAC. Each experiment is the miniature all-methods graph (24 
 Jobs and 24 Pods through the real Job controller and scheduler). Reported: time from applying
 them all to all Succeeded, the operator's API requests per experiment (from the apiserver's
 audit log, watches included), the operator's peak resident memory, and the CPU seconds
-kube-apiserver and etcd spent.
+kube-apiserver and etcd spent. With ``--chaos KILLS``, the operator, kube-apiserver, etcd,
+kube-controller-manager and kube-scheduler are SIGKILLed that many times at random moments during the
+run (tests/e2e/cluster/chaos.py), and the table also says how many Jobs and attempts each stage took
+(exactly one each is the goal).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.e2e.cluster.chaos import Chaos  # noqa: E402
 from tests.e2e.cluster.controlplane import control_plane  # noqa: E402
 from tests.e2e.cluster.harness import peak_rss_mib, print_operator_benchmark  # noqa: E402
 from tests.e2e.cluster.node import NodeAgent  # noqa: E402
@@ -38,7 +43,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(count: int) -> dict[str, float]:
+def run(count: int, kills: int = 0) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "tests/data/mini.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp, control_plane(Path(tmp) / "kube") as kube, \
             NodeAgent(kube, Path(tmp) / "node", instant=True, gpus=10_000):
@@ -62,32 +67,59 @@ def run(count: int) -> dict[str, float]:
             docs.append(m)
         t0 = time.monotonic()
         kube.apply(docs)
-        deadline = t0 + 3600
+        chaos = Chaos(kube, op, kills, seed=1) if kills else None
+        if chaos is not None:
+            chaos.start()
+        deadline = t0 + 4 * 3600
         while True:
-            phases = collections.Counter(e.get("status", {}).get("phase") for e in kube.list("w2sg", "bench"))
-            if phases.get("Succeeded") == count:
+            try:
+                phases = collections.Counter(e.get("status", {}).get("phase") for e in kube.list("w2sg", "bench"))
+            except RuntimeError:  # kubectl failed: the apiserver or etcd is down
+                phases = collections.Counter()
+            if phases.get("Succeeded") == count and (chaos is None or not chaos.is_alive()):
                 break
-            if time.monotonic() > deadline or op.proc.poll() is not None:
+            if time.monotonic() > deadline or (chaos is None and op.proc.poll() is not None):
                 raise SystemExit(f"not all Succeeded: {phases}\n{op.log()[-2000:]}")
             time.sleep(2)
         elapsed = time.monotonic() - t0
+        if chaos is not None:
+            chaos.stop()
+            if chaos.errors:
+                raise SystemExit(f"chaos could not bring a component back: {chaos.errors}")
+        procs = {name: p.pid for name, p in kube.procs}  # restarted ones have new pids
+        jobs_per_stage = collections.Counter(
+            collections.Counter((j["metadata"]["labels"]["tratree.io/experiment"], j["metadata"]["labels"]["tratree.io/stage"])
+                                for j in kube.list("jobs", "bench")).values())
+        attempts = collections.Counter(e["attempts"] for x in kube.list("w2sg", "bench")
+                                       for e in x["status"]["stages"].values())
         requests = kube.requests_by(user)[before:]
-        cpu = {name: cpu_seconds(procs[name]) - cpu0[name] for name in cpu0}
+        # a killed process's CPU time went with it: under chaos the numbers would be the last process's only
+        cpu = {name: cpu_seconds(procs[name]) - cpu0[name] for name in cpu0} if not kills else None
         rss = peak_rss_mib(op.proc.pid)
         jobs = len(kube.list("jobs", "bench"))
         op.stop()
     return {"experiments": count, "jobs": jobs, "seconds": elapsed, "requests": len(requests),
-            "by_verb": dict(collections.Counter(e["verb"] for e in requests)), "rss": rss, "cpu": cpu}
+            "by_verb": dict(collections.Counter(e["verb"] for e in requests)), "rss": rss, "cpu": cpu,
+            "kills": chaos.done if chaos is not None else [], "jobs_per_stage": dict(jobs_per_stage),
+            "attempts": dict(attempts)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", type=int, default=100)
-    r = run(parser.parse_args().experiments)
+    parser.add_argument("--chaos", type=int, default=0, metavar="KILLS",
+                        help="SIGKILL a random control-plane part (or the operator) this many times during the run")
+    args = parser.parse_args()
+    r = run(args.experiments, args.chaos)
+    extra = {"kube-apiserver CPU": f"{r['cpu']['kube-apiserver']:.1f} s", "etcd CPU": f"{r['cpu']['etcd']:.1f} s"} \
+        if r["cpu"] else {}
+    if args.chaos:
+        kinds = collections.Counter(name for _, name in r["kills"])
+        extra |= {"kills": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+                  "Jobs per stage": " ".join(f"{k}×{v}" for k, v in sorted(r["jobs_per_stage"].items())),
+                  "attempts per stage": " ".join(f"{k}×{v}" for k, v in sorted(r["attempts"].items()))}
     print_operator_benchmark(f"operator on a real control plane: {r['experiments']} experiments × 24 stages, "
-                             "Pods that succeed at once", r,
-                             {"kube-apiserver CPU": f"{r['cpu']['kube-apiserver']:.1f} s",
-                              "etcd CPU": f"{r['cpu']['etcd']:.1f} s"})
+                             "Pods that succeed at once" + (f", {args.chaos} kills" if args.chaos else ""), r, extra)
 
 if __name__ == "__main__":
     main()

@@ -8,13 +8,14 @@ runs. An experiment's ``spec.kubernetes`` overrides them per experiment.
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from tratree.spec.experiment import ExperimentSpec, StageKind, StageResources, Toleration
+from tratree.spec.experiment import ExperimentSpec, StageKind, StageResources, Toleration, Volume
 
 # Which image runs which kind of stage: tree work and reports need no GPU stack.
 IMAGE_OF_KIND: dict[StageKind, str] = {
@@ -59,6 +60,13 @@ class Policy(Settings):
     secrets: list[str] = Field(default_factory=list, description="Secrets an experiment may name (s3Secret, hfTokenSecret).")
     node_selectors: bool = Field(True, description="Whether an experiment may set its own node selector.")
     tolerations: bool = Field(True, description="Whether an experiment may add tolerations.")
+    # a stage Pod is made by the operator, so a volume source is the operator's power lent to whoever may
+    # create a W2SGExperiment: the node's files (hostPath) and other hosts' shares (NFS) only where allowed
+    host_path_prefixes: list[str] = Field(
+        default_factory=list, description="Node paths experiments may mount as hostPath volumes (a path and what "
+        "is under it); none: hostPath volumes are refused.")
+    nfs_servers: list[str] = Field(
+        default_factory=list, description="NFS servers experiments may mount; none: NFS volumes are refused.")
 
 
 class OperatorConfig(Settings):
@@ -74,12 +82,24 @@ class OperatorConfig(Settings):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     gpu_resource: str = "nvidia.com/gpu"
+    kueue: bool = Field(False, description="Read Kueue's Workloads (list, by the Job's uid) to say why a suspended "
+                        "stage Job waits; the chart's kueue.enabled grants the RBAC.")
     retry_backoff_seconds: float = Field(10.0, gt=0, description="First wait before a new attempt; doubles.")
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
-    resync_seconds: float = Field(60.0, gt=0, description="Re-read unfinished experiments at least this often.")
+    resync_seconds: float = Field(60.0, gt=0, description="Reconcile unfinished experiments at least this often.")
+    relist_seconds: float = Field(
+        600.0, gt=0, description="List an unfinished experiment's Jobs and Pods from the apiserver again this often "
+        "(between lists, its watches keep them).")
     start_timeout_seconds: float = Field(
-        600.0, gt=0, description="A stage Pod that cannot start (image pull, missing Secret, unschedulable) this long "
-        "fails its attempt.")
+        600.0, gt=0, description="A stage Pod that cannot start for its own reasons (an image that will not pull, a "
+        "missing Secret) this long fails its attempt. Waiting for resources is not such a reason.")
+    queue_timeout_seconds: float | None = Field(
+        None, gt=0, description="A stage Pod the scheduler has found no room for this long fails its attempt; unset: "
+        "it waits as long as the cluster is busy.")
+    fail_unfit_requests: bool = Field(
+        True, description="Fail a stage at once when no node today could ever hold its Pod (more GPUs, memory or CPU "
+        "than any node's allocatable, a node selector no node matches). Off for clusters whose autoscaler adds such "
+        "nodes on demand.")
     run_as_user: int = 1000
     policy: Policy = Field(default_factory=Policy, description="What experiments may choose (see Policy).")
     namespace_policies: dict[str, Policy] = Field(
@@ -107,6 +127,7 @@ class OperatorConfig(Settings):
             out.append("spec.kubernetes.nodeSelector: experiments may not choose their nodes here")
         if k8s.tolerations and not policy.tolerations:
             out.append("spec.kubernetes.tolerations: experiments may not add tolerations here")
+        out += volume_violations(k8s.volumes, policy)
         return out
 
     def resources_for(self, kind: StageKind, override: StageResources | None) -> StageResources:
@@ -119,6 +140,30 @@ class OperatorConfig(Settings):
     def backoff(self, failures: int) -> float:
         """Seconds to wait before the attempt after ``failures`` failed ones."""
         return min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2 ** max(0, failures - 1))
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or inside it, after ``..`` and repeated slashes are resolved."""
+    path, prefix = (posixpath.normpath("/" + p.lstrip("/")) for p in (path, prefix))
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def volume_violations(volumes: list[Volume], policy: Policy) -> list[str]:
+    """The volumes whose source the policy does not allow: hostPath outside ``hostPathPrefixes``, NFS from a
+    server not in ``nfsServers``. PersistentVolumeClaims and ConfigMaps are the namespace's own: allowed."""
+    out = []
+    for i, volume in enumerate(volumes):
+        where = f"spec.kubernetes.volumes[{i}]"
+        if volume.host_path is not None and not any(_under(volume.host_path.path, p) for p in policy.host_path_prefixes):
+            allowed = (f"allowed: {', '.join(policy.host_path_prefixes)} and what is under them"
+                       if policy.host_path_prefixes else "hostPath volumes are refused; the chart's "
+                       "policy.hostPathPrefixes allows node paths")
+            out.append(f"{where}.hostPath.path: {volume.host_path.path!r} is not allowed here ({allowed})")
+        if volume.nfs is not None and volume.nfs.server not in policy.nfs_servers:
+            allowed = (f"allowed: {', '.join(policy.nfs_servers)}" if policy.nfs_servers
+                       else "NFS volumes are refused; the chart's policy.nfsServers allows servers")
+            out.append(f"{where}.nfs.server: {volume.nfs.server!r} is not allowed here ({allowed})")
+    return out
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> OperatorConfig:

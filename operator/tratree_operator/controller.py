@@ -1,9 +1,10 @@
 """Reads an experiment's world, asks the reconciler, applies its decision; one experiment at a time.
 
-Handlers only ``wake`` an experiment. Each experiment has one worker, so two Job events never
-reconcile it concurrently; a wake during a reconcile runs it once more afterwards. Errors are
-logged, counted and retried with backoff; a 409 on the status (someone wrote in between) is
-simply read and decided again.
+Handlers feed the watch-fed ``Views`` and ``wake`` an experiment. Each experiment has one worker, so two
+Job events never reconcile it concurrently; a wake during a reconcile runs it once more afterwards. A
+pass reads the views, not the apiserver: it goes there to write, to list an experiment's Jobs and Pods
+the first time and every ``relistSeconds``, and to read a status again after a 409 (someone wrote in
+between). Errors are logged, counted and retried with backoff.
 """
 
 from __future__ import annotations
@@ -29,10 +30,18 @@ from tratree_operator.observe import experiment_of
 from tratree_operator.peering import Peering
 from tratree_operator.status import merge_patch
 from tratree_operator.types import Decision, Observed, parse_time
+from tratree_operator.views import Views
 
 log = logging.getLogger("tratree_operator")
 Key = tuple[str, str]  # namespace, name
 
+
+# how long a Secret read is kept: a found one a minute (a rotated key is picked up within it), a missing
+# one seconds (the user is about to create it)
+SECRET_SECONDS, MISSING_SECRET_SECONDS = 60.0, 5.0
+
+# a Job without a single Pod this long after it was made: ask why (its Pods' creation may be refused)
+PODLESS_SECONDS = 10.0
 
 # the variables of an experiment's S3 Secret that say where its store is and who reads it
 S3_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
@@ -131,6 +140,10 @@ class Controller:
         self._configmaps: dict[Key, str] = {}  # the spec ConfigMap content last written, per experiment
         self._slots: dict[Key, _Slot] = {}
         self._limit = asyncio.Semaphore(concurrency)
+        self.views = Views()
+        self._stale: set[Key] = set()  # a status write met a 409: read the experiment again
+        self._secrets: dict[Key, tuple[dict[str, str] | None, float]] = {}
+        self._refused: dict[str, tuple[str | None, float]] = {}  # Job uid -> (FailedCreate message, until)
 
     def wake(self, namespace: str, name: str, delay: float = 0.0) -> None:
         """Reconcile the experiment after ``delay`` seconds (sooner if already due sooner)."""
@@ -155,6 +168,8 @@ class Controller:
         """The experiment is gone: stop its worker and drop it from the metrics."""
         self._noticed.pop((namespace, name), None)
         self._configmaps.pop((namespace, name), None)
+        self._stale.discard((namespace, name))
+        self.views.forget((namespace, name))
         slot = self._slots.pop((namespace, name), None)
         if slot is not None and slot.task is not None and slot.task is not asyncio.current_task():
             slot.task.cancel()
@@ -189,6 +204,7 @@ class Controller:
             slot.errors = 0
             return requeue
         except Conflict:
+            self._stale.add(key)
             return 0.05
         except asyncio.CancelledError:
             raise
@@ -207,17 +223,59 @@ class Controller:
         A replica paused by its peers (see ``peering``) writes nothing and looks again later."""
         if self.peering is not None and not await self.peering.active(namespace):
             return min(self.config.resync_seconds, 5.0)
-        body = await self.kube.get_experiment(namespace, name)
+        key = (namespace, name)
+        if key in self._stale or key not in self.views.experiments or \
+                self.views.needs_listing(key, self.config.relist_seconds):
+            await self._resync(key)
+        body = self.views.experiments.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
             return None
-        jobs = await self.kube.list_jobs(namespace, name)
-        pods = await self.kube.list_pods(namespace, name)
         credentials, missing = await self._store_credentials(body)
         manifests, results, problem = await asyncio.to_thread(self.store.read, body, credentials, missing)
-        decision = reconcile(Observed(body, jobs, pods, manifests, results, store_problem=problem), self.config)
+        jobs = self.views.children("jobs", key)
+        held = [j["metadata"]["uid"] for j in jobs if (j.get("spec") or {}).get("suspend") and j["metadata"].get("uid")]
+        workloads = await self.kube.list_workloads(namespace, held) if held and self.config.kueue else []
+        pods = self.views.children("pods", key)
+        observed = Observed(body, jobs, pods, manifests, results, store_problem=problem,
+                            nodes=list(self.views.nodes.values()), workloads=workloads,
+                            refusals=await self._refusals(namespace, jobs, pods))
+        decision = reconcile(observed, self.config)
         await self.apply(body, decision)
         return decision.requeue_after
+
+    async def _refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, str]:
+        """Why the Pods of a running, unsuspended Job that has none after ``PODLESS_SECONDS`` could not be
+        created (the Job controller's Event): rare, so read then, and at most every ``PODLESS_SECONDS``."""
+        owners = {o.get("uid") for p in pods for o in p["metadata"].get("ownerReferences") or []}
+        now, wall = time.monotonic(), time.time()
+        self._refused = {uid: v for uid, v in self._refused.items() if v[1] > now - 600}  # Jobs long gone
+        found = {}
+        for job in jobs:
+            meta, status = job["metadata"], job.get("status") or {}
+            made = parse_time(meta.get("creationTimestamp"))
+            if meta.get("uid") in owners or (job.get("spec") or {}).get("suspend") or status.get("conditions") or \
+                    made is None or wall - made.timestamp() < PODLESS_SECONDS:
+                continue
+            said, until = self._refused.get(meta["uid"], (None, 0.0))
+            if until <= now:
+                said = await self.kube.pod_creation_refused(namespace, meta["uid"])
+                self._refused[meta["uid"]] = (said, now + PODLESS_SECONDS)
+            if said:
+                found[meta["uid"]] = said
+        return found
+
+    async def _resync(self, key: Key) -> None:
+        """Read the experiment, its Jobs and its Pods from the apiserver into the views."""
+        body = await self.kube.get_experiment(*key)
+        if body is None:
+            self.views.forget(key)
+            return
+        self._stale.discard(key)
+        self.views.put("experiments", body)
+        for kind, lister in (("jobs", self.kube.list_jobs), ("pods", self.kube.list_pods)):
+            items, version = await lister(*key)
+            self.views.listed(kind, key, items, version)
 
     async def _store_credentials(self, body: dict[str, Any]) -> tuple[dict[str, str] | None, str | None]:
         """The data of the S3 Secret the experiment's Jobs use (its ``spec.kubernetes.s3Secret``, else the
@@ -226,7 +284,11 @@ class Controller:
         name = ((body.get("spec") or {}).get("kubernetes") or {}).get("s3Secret") or self.config.s3_secret
         if not name:
             return None, "no S3 Secret to read it with (spec.kubernetes.s3Secret; the operator never uses its own)"
-        data = await self.kube.read_secret(ns, name)
+        data, until = self._secrets.get((ns, name), (None, 0.0))
+        if until <= time.monotonic():
+            data = await self.kube.read_secret(ns, name)
+            keep = SECRET_SECONDS if data is not None else MISSING_SECRET_SECONDS
+            self._secrets[(ns, name)] = (data, time.monotonic() + keep)
         if data is None:
             return None, f"its Secret {ns}/{name} does not exist (the operator never uses its own credentials)"
         return data, None
@@ -243,7 +305,9 @@ class Controller:
                 if self._configmaps.get((ns, name)) != written:
                     await self.kube.apply_configmap(manifest)
                     self._configmaps[(ns, name)] = written
-            elif await self.kube.create(manifest):
+            elif (job := await self.kube.create(manifest)) is not None:
+                # in the view at once: the next pass must not find the stage without its Job
+                self.views.put("jobs", job)
                 metrics.JOBS_CREATED.inc()
                 log.info("%s/%s: created Job %s", ns, name, manifest["metadata"]["name"])
         for job in decision.delete:
@@ -252,7 +316,7 @@ class Controller:
         old = body.get("status") or {}
         patch = merge_patch(old, decision.status)
         if patch:
-            await self.kube.patch_status(ns, name, meta["resourceVersion"], patch)
+            self.views.put("experiments", await self.kube.patch_status(ns, name, meta["resourceVersion"], patch))
         self.phases.set((ns, name), decision.status.get("phase"))
         self._observe(old, decision.status)
         for event in decision.events:

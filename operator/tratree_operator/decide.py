@@ -25,9 +25,10 @@ from tratree.pipeline.graph import Stage, fingerprints, plan
 from tratree.spec.experiment import Experiment, ExperimentSpec, SpecError
 from tratree.spec.status import DONE, ExperimentStatus, StageStatus
 from tratree_operator import status as render
+from tratree_operator.capacity import no_node_fits
 from tratree_operator.config import OperatorConfig
 from tratree_operator.jobs import configmap_manifest, job_manifest
-from tratree_operator.observe import JobView, experiment_of, owned
+from tratree_operator.observe import FAILED_CREATE, UNSCHEDULABLE, JobView, experiment_of, owned
 from tratree_operator.types import Decision, Event, Observed, parse_time, timestamp
 
 RETRY_ANNOTATION = "tratree.io/retry"
@@ -113,6 +114,7 @@ def reconcile(observed: Observed, config: OperatorConfig) -> Decision:
     failed = [n for n, e in entries.items() if e.state == "Failed"]
     started, waits = _schedule(observed, spec, stages, keys, entries, wants, bool(failed) or spec.suspend, config,
                                decision)
+    failed = [n for n, e in entries.items() if e.state == "Failed"]  # a request no node can meet fails it here
     decision.events += _transitions(old.stages, entries, started)
 
     new = render.render(observed, old, spec, entries, failed, timestamp(observed.now), meta.get("generation"),
@@ -131,11 +133,11 @@ def _settle_stages(observed: Observed, old: ExperimentStatus, spec: ExperimentSp
                    decision: Decision) -> tuple[dict[str, StageStatus], dict[str, _Want]]:
     """Every stage's entry brought up to its Jobs and the store; the Jobs stages need next. Jobs of an old
     plan key, or of a stage no longer in the graph, go on ``decision.delete``."""
-    now_t, now = observed.now, timestamp(observed.now)
+    now_t = observed.now
     by_name = {s.name: s for s in stages}
     jobs_of: dict[str, list[JobView]] = defaultdict(list)
     for job in owned(observed.jobs, observed.body["metadata"].get("uid")):
-        view = JobView.of(job, observed.pods)
+        view = JobView.of(job, observed.pods, config.gpu_resource, observed.workloads, observed.refusals)
         jobs_of[view.stage].append(view)
     entries: dict[str, StageStatus] = {}
     wants: dict[str, _Want] = {}
@@ -151,12 +153,7 @@ def _settle_stages(observed: Observed, old: ExperimentStatus, spec: ExperimentSp
                             if j.key != key and j.outcome == "Running" and not j.deleting]
         current = max(mine, key=lambda j: j.attempt) if mine else None
         if current is not None and current.outcome == "Running" and current.stuck and not current.deleting:
-            since = parse_time(current.stuck[0]) or now_t
-            if (now_t - since).total_seconds() >= config.start_timeout_seconds:
-                # a Pod that cannot start is a failed attempt, not "Running" for ever
-                decision.delete.append(current.name)
-                current = replace(current, outcome="Failed", finish=now, message=(
-                    f"could not start within {config.start_timeout_seconds:g}s: {current.stuck[1]}"))
+            current = _stuck(current, observed, config, decision)
         want = _settle(entry, current, (observed.manifests or {}).get(stage.name), _retries(stage, spec, config),
                        config, now_t)
         if want is not None:
@@ -168,6 +165,35 @@ def _settle_stages(observed: Observed, old: ExperimentStatus, spec: ExperimentSp
     return entries, wants
 
 
+def _stuck(job: JobView, observed: Observed, config: OperatorConfig, decision: Decision) -> JobView:
+    """A Job whose Pod cannot start: still Running while it waits for resources some node has (a busy
+    cluster is no error) or for less than the start timeout (an image pull, a missing Secret); failed when
+    no node today could ever hold it, or when it has waited past the timeout that applies."""
+    since, why = job.stuck  # type: ignore[misc]
+    waited = (observed.now - (parse_time(since) or observed.now)).total_seconds()
+    failed = None
+    if why.startswith(FAILED_CREATE) and "violates PodSecurity" in why:
+        # the namespace's Pod Security level refuses the Pod as the operator makes it: no retry can pass
+        decision.delete.append(job.name)
+        return replace(job, outcome="Failed", finish=timestamp(observed.now), hopeless=True,
+                       message=f"cannot run: the namespace refuses its Pods: {why.removeprefix(FAILED_CREATE)}")
+    if why.startswith(UNSCHEDULABLE):
+        never = no_node_fits(job.pod_spec, observed.nodes) if config.fail_unfit_requests else None
+        if never:
+            decision.delete.append(job.name)
+            return replace(job, outcome="Failed", finish=timestamp(observed.now), message=f"cannot run: {never}",
+                           hopeless=True)
+        if config.queue_timeout_seconds is not None and waited >= config.queue_timeout_seconds:
+            failed = f"waited {config.queue_timeout_seconds:g}s for resources (stages.queueTimeoutSeconds): {why}"
+    elif waited >= config.start_timeout_seconds:
+        failed = f"could not start within {config.start_timeout_seconds:g}s: {why}"
+    if failed is None:
+        return job
+    # a Pod that cannot start is a failed attempt, not "Running" for ever
+    decision.delete.append(job.name)
+    return replace(job, outcome="Failed", finish=timestamp(observed.now), message=failed)
+
+
 def _user_retry(entries: dict[str, StageStatus], wants: dict[str, _Want], token: str) -> list[Event]:
     """A user's retry (a new ``tratree.io/retry`` annotation): every Failed stage gets its retries
     again, its attempts counting on from where they stopped; what follows it runs after it."""
@@ -175,7 +201,7 @@ def _user_retry(entries: dict[str, StageStatus], wants: dict[str, _Want], token:
     for name, entry in entries.items():
         if entry.state != "Failed":
             continue
-        entry.state, entry.retry_base, entry.finish_time = "Pending", entry.attempts, None
+        entry.state, entry.retry_base, entry.finish_time, entry.final = "Pending", entry.attempts, None, None
         entry.message = f"retried ({RETRY_ANNOTATION}={token}) after: {entry.message or ''}"
         events.append(Event("Normal", "StageRetriedByUser", f"stage {name}: retried ({RETRY_ANNOTATION}={token})",
                             name))
@@ -206,8 +232,13 @@ def _schedule(observed: Observed, spec: ExperimentSpec, stages: list[Stage], key
         # reads those, whichever code version made them
         inputs = {n: found[n]["prefix"] for n in stage.inputs} if all(n in found for n in stage.inputs) else None
         job = job_manifest(meta, spec, stage, keys[name], want.attempt, config, inputs)
-        decision.create.append(job)
         entry = entries[name]
+        never = no_node_fits(job["spec"]["template"]["spec"], observed.nodes) if config.fail_unfit_requests else None
+        if never:
+            # no Job: its Pod could only wait for ever
+            entry.state, entry.message, entry.finish_time, entry.final = "Failed", f"cannot run: {never}", now, True
+            continue
+        decision.create.append(job)
         entry.state, entry.job, entry.start_time, entry.attempts = "Running", job["metadata"]["name"], now, want.attempt
         entry.finish_time = None
         if want.reason == "StageStarted":
@@ -271,8 +302,9 @@ def _settle(entry: StageStatus, job: JobView | None, manifest: dict[str, Any] | 
         entry.finish_time = entry.finish_time or timestamp(now)
         return None
     if state == "Failed":
-        # its Job is gone (or collected by its TTL): raising `retries` still gives it another attempt
-        if _attempts_left(entry, entry.attempts, retries):
+        # its Job is gone (or collected by its TTL): raising `retries` still gives it another attempt,
+        # unless no attempt could help
+        if not entry.final and _attempts_left(entry, entry.attempts, retries):
             entry.state, entry.message = "Pending", f"{entry.message or ''}; retrying"
             return _Want(entry.attempts + 1, "StageRetried")
         return None
@@ -297,12 +329,24 @@ def _from_job(entry: StageStatus, job: JobView, retries: int, config: OperatorCo
     entry.attempts = max(entry.attempts, job.attempt)
     entry.job = job.name
     entry.start_time = job.start or entry.start_time or timestamp(now)
+    if job.gpu_seconds:
+        # per Job, the most ever seen: its Pods may be gone (TTL, a retry) by the next pass
+        by_job = dict(entry.gpu_seconds_by_job or {})
+        by_job[job.name] = max(by_job.get(job.name, 0.0), round(job.gpu_seconds, 1))
+        entry.gpu_seconds_by_job, entry.gpu_seconds = by_job, round(sum(by_job.values()), 1)
     if job.shards:
         entry.shards = job.shards
     if job.outcome == "Running":
         entry.state = "Running"
         # a start problem, or nothing: an earlier attempt's "retrying" or a start problem now gone is cleared
-        entry.message = f"cannot start: {job.stuck[1]}" if job.stuck else None
+        entry.message = None
+        if job.queued is not None:
+            # a queue holds it: not started, not failing; the queue's own word on why
+            entry.message = f"queued: {job.queued}"
+        elif job.stuck and job.stuck[1].startswith(UNSCHEDULABLE):
+            entry.message = f"waiting for resources since {job.stuck[0]}: {job.stuck[1].removeprefix(UNSCHEDULABLE)}"
+        elif job.stuck:
+            entry.message = f"cannot start: {job.stuck[1]}"
         return None
     entry.finish_time = job.finish or timestamp(now)
     if job.outcome == "Succeeded":
@@ -310,8 +354,8 @@ def _from_job(entry: StageStatus, job: JobView, retries: int, config: OperatorCo
         return None
     message = (f"attempt {job.attempt} of {(entry.retry_base or 0) + retries + 1}: {job.message}"
                + (f"; {job.exit}" if job.exit else ""))
-    if not _attempts_left(entry, job.attempt, retries):
-        entry.state, entry.message = "Failed", message
+    if job.hopeless or not _attempts_left(entry, job.attempt, retries):
+        entry.state, entry.message, entry.final = "Failed", message, job.hopeless or None
         return None
     entry.state, entry.message = "Pending", f"{message}; retrying"
     failed_at = parse_time(job.finish) or now

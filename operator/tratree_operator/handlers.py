@@ -1,4 +1,4 @@
-"""The kopf handlers: each one only wakes the experiment's reconcile.
+"""The kopf handlers: each one keeps the watch-fed views and wakes the experiment's reconcile.
 
 Run with ``python -m tratree_operator`` (production settings, see ``__main__``) or
 ``kopf run -m tratree_operator.handlers --all-namespaces``. kopf keeps its own bookkeeping in
@@ -56,16 +56,43 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # reconciler reads the object and decides. Status writes come back as events too: the controller
 # wakes for a new generation or new annotations (a retry), not for its own writes.
 @kopf.on.event(*EXPERIMENTS)
-async def experiment_event(event: dict[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
-                           **_: Any) -> None:
+async def experiment_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     if event.get("type") == "DELETED":
+        memo.controller.views.remove("experiments", event["object"])
         memo.controller.forget(namespace, name)  # its Jobs and ConfigMap go by owner references
         return
-    meta = body.get("metadata") or {}
+    memo.controller.views.put("experiments", event["object"])
+    meta = event["object"].get("metadata") or {}
     memo.controller.notice(namespace, name, meta.get("generation"), dict(meta.get("annotations") or {}))
 
 
+# A Job's and its Pods' changes come in bursts (created, scheduled, started, ended): a short delay lets one
+# pass see a burst whole.
+CHILD_WAKE_DELAY = 0.2
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_EXPERIMENT: kopf.PRESENT})
+async def job_changed(event: dict[str, Any], labels: dict[str, str], namespace: str, memo: kopf.Memo,
+                      **_: Any) -> None:
+    _child_changed("jobs", event, memo)
+    memo.controller.wake(namespace, labels[LABEL_EXPERIMENT], CHILD_WAKE_DELAY)
+
+
 @kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
-async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.controller.wake(namespace, labels[LABEL_EXPERIMENT])
+async def pod_changed(event: dict[str, Any], labels: dict[str, str], namespace: str, memo: kopf.Memo,
+                      **_: Any) -> None:
+    _child_changed("pods", event, memo)
+    memo.controller.wake(namespace, labels[LABEL_EXPERIMENT], CHILD_WAKE_DELAY)
+
+
+# Nodes say which requests no node could ever meet (a stage then fails at once instead of waiting).
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    _child_changed("nodes", event, memo)
+
+
+def _child_changed(kind: str, event: dict[str, Any], memo: kopf.Memo) -> None:
+    if event.get("type") == "DELETED":
+        memo.controller.views.remove(kind, event["object"])
+    else:
+        memo.controller.views.put(kind, event["object"])

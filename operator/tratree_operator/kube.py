@@ -108,28 +108,49 @@ class Kube:
             raise
         return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.get("data") or {}).items()}
 
-    async def list_jobs(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
+    async def list_jobs(self, namespace: str, experiment: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The Jobs of an experiment, and the list's resourceVersion."""
         resp = await self._call(self.batch.list_namespaced_job, namespace,
                                 label_selector=f"{LABEL_EXPERIMENT}={experiment}")
-        return resp.get("items") or []
+        return resp.get("items") or [], (resp.get("metadata") or {}).get("resourceVersion")
 
-    async def list_pods(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
-        """The stage Pods of an experiment (Jobs copy their template's labels onto them)."""
+    async def list_pods(self, namespace: str, experiment: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The stage Pods of an experiment (Jobs copy their template's labels onto them), and the list's
+        resourceVersion."""
         resp = await self._call(self.core.list_namespaced_pod, namespace,
                                 label_selector=f"{LABEL_EXPERIMENT}={experiment}")
+        return resp.get("items") or [], (resp.get("metadata") or {}).get("resourceVersion")
+
+    async def list_workloads(self, namespace: str, job_uids: list[str]) -> list[dict[str, Any]]:
+        """Kueue's Workloads for these Jobs (by Kueue's job-uid label); none where Kueue is not installed."""
+        try:
+            resp = await self._call(self.custom.list_namespaced_custom_object, "kueue.x-k8s.io", "v1beta2", namespace,
+                                    "workloads", label_selector=f"kueue.x-k8s.io/job-uid in ({','.join(job_uids)})")
+        except ApiException as err:
+            if err.status == 404:
+                return []
+            raise
         return resp.get("items") or []
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a Job or ConfigMap; False when one of that name exists already."""
+    async def pod_creation_refused(self, namespace: str, job_uid: str) -> str | None:
+        """The Job controller's latest word on why it could not create the Job's Pods (its FailedCreate
+        Event: an admission refusal, an exhausted quota); None when it has said nothing."""
+        resp = await self._call(self.core.list_namespaced_event, namespace,
+                                field_selector=f"involvedObject.uid={job_uid},reason=FailedCreate")
+        events = sorted(resp.get("items") or [], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return events[-1].get("message") if events else None
+
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a Job or ConfigMap: the object as the apiserver made it; None when one of that name
+        exists already."""
         ns = manifest["metadata"]["namespace"]
         fn = self.batch.create_namespaced_job if manifest["kind"] == "Job" else self.core.create_namespaced_config_map
         try:
-            await self._call(fn, ns, manifest)
+            return await self._call(fn, ns, manifest)
         except ApiException as err:
             if err.status == 409:
-                return False
+                return None
             raise
-        return True
 
     async def apply_configmap(self, manifest: dict[str, Any]) -> None:
         """Create the ConfigMap, or bring an existing one's data up to date (a spec edited mid-run). Its
@@ -153,11 +174,12 @@ class Kube:
             if err.status != 404:
                 raise
 
-    async def patch_status(self, namespace: str, name: str, resource_version: str, status_patch: dict[str, Any]) -> None:
-        """Merge-patch the status, only if the object is still at ``resource_version``."""
+    async def patch_status(self, namespace: str, name: str, resource_version: str,
+                           status_patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status, only if the object is still at ``resource_version``: the object after."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
         try:
-            await self._call(self.custom.patch_namespaced_custom_object_status, API_GROUP, VERSION, namespace,
+            return await self._call(self.custom.patch_namespaced_custom_object_status, API_GROUP, VERSION, namespace,
                              PLURAL, name, body)
         except ApiException as err:
             if err.status == 409:

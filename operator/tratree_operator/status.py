@@ -66,6 +66,8 @@ def results_table(results: dict[str, Any]) -> tuple[dict[str, MethodResult], str
                 entry.paired_p_vs_sft_strong = round(row["paired_p"], 4)
             if row.get("holm_p") is not None:
                 entry.holm_p = round(row["holm_p"], 4)
+        if "gpu_hours" in row:
+            entry.gpu_hours = round(row["gpu_hours"]["total"], 3)
         table[method] = entry
     w2sg = [table[m].average_reward for m in W2SG_METHODS if m in table]
     best = f"{max(w2sg):.1f}" if w2sg else None
@@ -118,6 +120,9 @@ def render(observed: Observed, old: ExperimentStatus, spec: ExperimentSpec, entr
     status = ExperimentStatus(phase=phase, observed_generation=gen, stages=entries, conditions=conditions,
                               retried=retried or None,
                               current_stage=",".join(running or retrying or failed) or None)
+    used = [e.gpu_seconds for e in entries.values() if e.gpu_seconds]
+    if used:
+        status.gpu_hours = round(sum(used) / 3600, 3)
     if observed.manifests is not None:
         base = spec.artifacts.rstrip("/")
         status.artifacts = {n: f"{base}/{m['prefix']}" for n, m in observed.manifests.items() if n in entries}

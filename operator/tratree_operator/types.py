@@ -26,6 +26,9 @@ class Observed:
     results: dict[str, Any] | None = None  # the report stage's results.json
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     store_problem: str | None = None  # why the store was not read, when it was not
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # the cluster's Nodes (none known: no fit is judged)
+    workloads: list[dict[str, Any]] = field(default_factory=list)  # Kueue's Workloads for its suspended Jobs
+    refusals: dict[str, str] = field(default_factory=dict)  # Job uid -> why its Pods could not be created
 
 
 @dataclass(frozen=True)

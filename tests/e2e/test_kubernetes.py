@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 AWS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
 OPERATOR_NS = "tratree-system"
-FAST = {"retryBackoffSeconds": 0.5, "retryBackoffMaxSeconds": 2.0, "resyncSeconds": 2.0}
+FAST = {"retryBackoffSeconds": 0.5, "retryBackoffMaxSeconds": 2.0, "resyncSeconds": 2.0, "startTimeoutSeconds": 20.0}
 
 
 class Operator:
@@ -74,13 +75,19 @@ class Operator:
                 self.proc.wait()
 
 
-def install(kube) -> dict[str, Any]:
+# the tests' admin lets experiments mount the node's temporary folders (their file:// stores) as hostPath
+TEST_VALUES = {"policy": {"hostPathPrefixes": [tempfile.gettempdir()]}}
+
+
+def install(kube, values: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `helm install` puts on the cluster, but the operator Deployment (its process runs here):
-    the CRDs applied the docs' way (Kubernetes, Install), then the rendered ServiceAccount, RBAC, peering and config."""
+    the CRDs applied the docs' way (Kubernetes, Install), then the rendered ServiceAccount, RBAC, peering and
+    config (the chart's values, ``TEST_VALUES`` when none are given)."""
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "charts" / "tratree" / "crds"))
     kube.kubectl("wait", "--for=condition=Established", "crd/w2sgexperiments.tratree.io", "--timeout=60s")
     kube.kubectl("create", "namespace", OPERATOR_NS, check=False)
-    docs = [d for d in render({}) if d["kind"] not in ("Deployment", "Service", "ServiceMonitor")]
+    docs = [d for d in render(TEST_VALUES if values is None else values)
+            if d["kind"] not in ("Deployment", "Service", "ServiceMonitor")]
     kube.apply(docs)
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     return yaml.safe_load(next(iter(config["data"].values())))
@@ -182,6 +189,10 @@ def test_the_readme_user_path_by_kubectl(kube, operator, s3_env, tmp_path):
     assert table.splitlines()[0].split() == shown.split()
     row = table.splitlines()[1].split()
     assert row[:2] == ["e2e", "Succeeded"]
+    # what it cost: the GPU stages' Pods' run time × the GPU each requested, summed into GPU-hours
+    used = {n: e.get("gpuSeconds") for n, e in st["stages"].items()}
+    assert used["sft-weak"] > 0 and used["eval-sft-weak-s0"] > 0 and used["expert"] is None, used
+    assert st["gpuHours"] == round(sum(v for v in used.values() if v) / 3600, 3) and str(st["gpuHours"]) in row
     describe = kube.kubectl("-n", ns, "describe", "w2sg", "e2e")
     assert "Phase:" in describe and "StageSucceeded" in describe and "ExperimentSucceeded" in describe
     explain = kube.kubectl("explain", "w2sgexperiment.spec.exploration")
@@ -250,14 +261,14 @@ def test_the_crd_schema_rejects_unknown_keys_and_out_of_range_values(kube, opera
 
 def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
     """A failing container, a GPU request no node has, a missing Secret and an image that cannot be
-    pulled: each shows in its stage's message instead of an endless "Running"."""
+    pulled: each shows in its stage's message instead of an endless "Running"; the GPU request fails at once."""
     ns = namespace(kube, "faults")
     s3_secret(kube, ns)
     broken = experiment("broken", s3_env)
     broken["spec"]["environment"]["gameParams"] = "numLocations=banana"
     broken["spec"]["kubernetes"]["stages"] = {"expert": {"retries": 0}}
     greedy = experiment("greedy", s3_env)
-    greedy["spec"]["kubernetes"]["stages"] = {"expert": {"gpus": 64}}
+    greedy["spec"]["kubernetes"]["stages"] = {"expert": {"gpus": 64}}  # the node has 8
     secretless = experiment("secretless", s3_env)
     secretless["spec"]["kubernetes"]["s3Secret"] = "no-such-secret"
     unpullable = experiment("unpullable", s3_env)
@@ -267,8 +278,12 @@ def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
     st = wait_phase(kube, "broken", ns, "Failed", operator, 180)
     message = st["stages"]["expert"]["message"]
     assert "exit code 2" in message and "no expert trajectories" in message, message
-    expected = {"greedy": "Insufficient nvidia.com/gpu", "secretless": 'secret "no-such-secret" not found',
-                "unpullable": "ImagePullBackOff"}
+    # more GPUs than any node has: failed within a pass, no Job made, the resource named
+    st = wait_phase(kube, "greedy", ns, "Failed", operator, 60)
+    assert st["stages"]["expert"]["message"] == ("cannot run: it requests 64 nvidia.com/gpu and no node today has "
+                                                 "that much allocatable (the most: 8 nvidia.com/gpu, on tratree-node)")
+    assert jobs_made(kube, ns, "greedy") == []
+    expected = {"secretless": 'secret "no-such-secret" not found', "unpullable": "ImagePullBackOff"}
     deadline = time.monotonic() + 60
     seen: dict[str, str] = {}
     while len(seen) < len(expected) and time.monotonic() < deadline:
@@ -279,6 +294,35 @@ def test_job_realities_reach_the_stage_message(kube, operator, s3_env):
         time.sleep(1)
     assert set(seen) == set(expected), f"{seen}\n{diagnose(kube, ns, operator)}"
     assert all(m.startswith("cannot start: ") for m in seen.values())
+    kube.kubectl("-n", ns, "delete", "w2sg", "--all")
+
+
+def test_a_stage_waiting_for_busy_gpus_waits_past_the_start_timeout_and_runs_when_they_free(kube, operator, s3_env):
+    """The node's 8 GPUs are held by another experiment's stage: the waiting stage stays Running,
+    "waiting for resources" with the scheduler's words, well past stages.startTimeoutSeconds (20 s here),
+    and runs in its first attempt once they are free."""
+    ns = namespace(kube, "busy")
+    s3_secret(kube, ns)
+    holder = experiment("holder", s3_env)
+    holder["spec"]["kubernetes"]["stages"] = {"expert": {"gpus": 8}}
+    waiter = experiment("waiter", s3_env)
+    waiter["spec"]["kubernetes"]["stages"] = {"expert": {"gpus": 1}}
+    with holding(kube, "holder/expert"):
+        kube.apply(holder, "-n", ns)
+        kube.wait_for(lambda: (p := next(iter(kube.list("pods", ns, "tratree.io/experiment=holder")), None)) and
+                      p["spec"].get("nodeName"), 120, "the holder's Pod bound to the node")
+        kube.apply(waiter, "-n", ns)
+        message = kube.wait_for(lambda: (m := status(kube, "waiter", ns).get("stages", {}).get("expert", {})
+                                         .get("message") or "") and m.startswith("waiting for resources since ") and m,
+                                120, "the waiting message")
+        assert "Insufficient nvidia.com/gpu" in message, message
+        time.sleep(FAST["startTimeoutSeconds"] + 10)
+        entry = status(kube, "waiter", ns)["stages"]["expert"]
+        assert (entry["state"], entry["attempts"]) == ("Running", 1), entry
+        assert entry["message"].startswith("waiting for resources since "), entry
+    for name in ("holder", "waiter"):
+        st = wait_phase(kube, name, ns, "Succeeded", operator, 300)
+    assert st["stages"]["expert"]["attempts"] == 1 and jobs_made(kube, ns, "waiter").count("expert") == 1
     kube.kubectl("-n", ns, "delete", "w2sg", "--all")
 
 
@@ -377,7 +421,7 @@ def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothi
     kube.wait_for(lambda: "stage sft-weak started" in kube.kubectl("-n", ns, "describe", "w2sg", "gone"), 60,
                   "the Events of sft-weak's start")
     restarts = operator.log().count("Restarting the watch-stream")
-    kube.restart_apiserver(while_down=kube.compact_etcd)
+    kube.restart("kube-apiserver", while_down=kube.compact_etcd)
     st = wait_phase(kube, "gone", ns, "Succeeded", operator, 300)
     assert operator.log().count("Restarting the watch-stream") > restarts, "no watch saw 410 Gone"
     described = kube.kubectl("-n", ns, "describe", "w2sg", "gone")
@@ -451,7 +495,8 @@ def test_submit_waits_to_the_end_with_the_readme_ci_role(kube, operator, s3_env,
 
 @contextlib.contextmanager
 def holding(kube, stage: str) -> Iterator[None]:
-    """The node starts no Pod of ``stage`` inside the block (tests act while it is in flight)."""
+    """The node starts no Pod of ``stage`` (of every experiment, or "EXPERIMENT/STAGE") inside the block
+    (tests act while it is in flight; its Pod is bound, so its resources are taken)."""
     kube.node.held.add(stage)
     try:
         yield
@@ -550,7 +595,8 @@ def test_a_failing_stage_is_retried_then_fails_the_experiment_and_nothing_after_
 
 def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_job(kube, operator, s3_env):
     """The CRD's schema checks types and ranges at admission; what only tratree can check (here an
-    expert file source without a path) is the operator's to report, on the resource, before any Job."""
+    expert file source without a path) is the operator's to report, on the resource, before any Job; so is
+    what the admin's policy refuses (a hostPath volume outside its prefixes: the node's /etc)."""
     ns = namespace(kube, "refused")
     bad = experiment("bad", s3_env)
     bad["spec"]["expert"] = {"source": "file"}
@@ -560,7 +606,38 @@ def test_a_spec_the_schema_admits_but_tratree_refuses_is_reported_and_makes_no_j
     assert cond["status"] == "False" and "spec.expert" in cond["message"] and "needs a path" in cond["message"]
     assert "InvalidSpec" in kube.kubectl("-n", ns, "describe", "w2sg", "bad")
     assert jobs_made(kube, ns, "bad") == [] and kube.list("jobs", ns) == []
-    kube.kubectl("-n", ns, "delete", "w2sg", "bad")
+    node = experiment("node", s3_env)
+    node["spec"]["kubernetes"].update(volumes=[{"name": "etc", "hostPath": {"path": "/etc"}}],
+                                      volumeMounts=[{"name": "etc", "mountPath": "/host-etc"}])
+    kube.apply(node, "-n", ns)
+    cond = next(x for x in wait_phase(kube, "node", ns, "Failed", operator, 60)["conditions"] if x["type"] == "SpecValid")
+    assert (cond["status"], cond["reason"]) == ("False", "PolicyViolation"), cond
+    assert cond["message"].startswith("spec.kubernetes.volumes[0].hostPath.path: '/etc' is not allowed here"), cond
+    assert kube.list("jobs", ns) == []
+    kube.kubectl("-n", ns, "delete", "w2sg", "bad", "node")
+
+
+def test_a_namespace_whose_pod_security_refuses_the_stage_pods_fails_the_stage_naming_the_rule(kube, operator, s3_env,
+                                                                                                 tmp_path):
+    """Pod Security "restricted" refuses a hostPath volume (the admin's policy allows this one): the Job
+    controller can make no Pod, and the stage fails within a pass or two with the rule, not Running for ever."""
+    ns = namespace(kube, "restricted")
+    kube.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    s3_secret(kube, ns)
+    mounted = experiment("mounted", s3_env)
+    mounted["spec"]["kubernetes"].update(volumes=[{"name": "data", "hostPath": {"path": str(tmp_path)}}],
+                                         volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    kube.apply(mounted, "-n", ns)
+    st = wait_phase(kube, "mounted", ns, "Failed", operator, 120)
+    message = st["stages"]["expert"]["message"]
+    assert 'cannot run: the namespace refuses its Pods: Error creating: pods "mounted-expert-' in message, message
+    assert message.startswith("attempt 1 of 2: cannot run: the namespace refuses its Pods: "), message
+    assert ('violates PodSecurity "restricted:latest": restricted volume types (volume "data" uses restricted '
+            'volume type "hostPath")') in message, message
+    time.sleep(3)  # its Job deleted, the failure stands: no second attempt
+    assert status(kube, "mounted", ns)["stages"]["expert"]["attempts"] == 1
+    assert st["stages"]["expert"]["attempts"] == 1 and kube.list("pods", ns) == []
+    kube.kubectl("-n", ns, "delete", "w2sg", "mounted")
 
 
 def test_a_store_is_read_with_the_experiments_own_secret_or_not_at_all(kube, operator, s3_env):

@@ -95,6 +95,11 @@ def test_full_run_reports_every_method_and_reruns_nothing(full_run, mini):
         if method.startswith(("sft", "w2s-mcts")):  # an SFT always trains; a DPO with no pair does not
             assert row["optimizer_steps"][0] > 0 and row["weight_change"][0] > 0 and row["lr_sum"][0] > 0
         assert row["few_steps"] == (row["optimizer_steps"][0] < 10)
+    # what each method cost: on this machine no stage ran on an accelerator, and every manifest says so
+    assert all(o.manifest["devices"] == 0 and o.manifest["device_seconds"] == 0 for o in outcomes.values())
+    assert set(outcomes["report"].manifest["upstream_device_seconds"]) == set(outcomes) - {"report"}
+    assert all(r["gpu_hours"] == {"total": 0, "shared": 0} for r in results["methods"].values())
+    assert "## What each method cost" in (report / "results.md").read_text()
     random_stats = results["random-pairs"]
     assert random_stats == outcomes["random-pairs"].manifest["summary"]
     assert 0 <= random_stats["coinciding_with_tree_pairs"] <= random_stats["pairs"] <= random_stats["tree_pairs"]

@@ -84,11 +84,12 @@ def test_values_reach_the_deployment_and_the_operator_config():
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert not by_kind(docs, "ClusterKopfPeering")
-    # namespaced: only kopf's cluster-scoped reads (CRDs, namespaces) stay in a ClusterRole
+    # namespaced: only the cluster-scoped reads (kopf's CRDs and namespaces, the operator's Nodes) stay in a ClusterRole
     (reads,) = by_kind(docs, "ClusterRole")
     assert rule_set(reads["rules"]) == {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
                                         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-                                        ("", "namespaces", "list"), ("", "namespaces", "watch")}
+                                        ("", "namespaces", "list"), ("", "namespaces", "watch"),
+                                        ("", "nodes", "list"), ("", "nodes", "watch")}
     assert {r["metadata"]["namespace"] for r in by_kind(docs, "Role")} == {"team-a", "team-b"}
     assert {p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")} == {"team-a", "team-b"}
 
@@ -142,3 +143,15 @@ def test_a_stage_quantity_given_as_a_number_is_taken_as_kubernetes_takes_it():
     cpu = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "kubernetes"]["properties"]["stages"]["additionalProperties"]["properties"]["cpu"]
     assert cpu.get("x-kubernetes-int-or-string") is True and "type" not in cpu
+
+
+def test_waiting_settings_reach_the_operator_config():
+    """A busy cluster is waited for unless the admin bounds it; unfit requests fail unless turned off."""
+    def config(values: dict) -> OperatorConfig:
+        cm = by_kind(render(values), "ConfigMap")[0]
+        return OperatorConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+
+    default = config({})
+    assert default.queue_timeout_seconds is None and default.fail_unfit_requests is True
+    set_ = config({"stages": {"queueTimeoutSeconds": 3600, "failUnfitRequests": False}})
+    assert set_.queue_timeout_seconds == 3600 and set_.fail_unfit_requests is False

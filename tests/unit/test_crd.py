@@ -27,7 +27,7 @@ def test_crd_is_a_valid_custom_resource_definition():
     version = crd()["spec"]["versions"][0]
     assert "additionalProperties" not in str(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["mcts"])
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "W2SG", "SFT-Strong", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "W2SG", "SFT-Strong", "GPU-h", "Age"]
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,8 @@ OPERATOR_MODULES = {module_name(p, OPERATOR): p for p in (OPERATOR / "tratree_op
 # The operator's rooms, lowest first: what they hand each other, then observing, rendering status, making
 # manifests and calling the API; then deciding; then the controller that runs the step; then kopf's handlers.
 OPERATOR_FLOORS: list[set[str]] = [
-    {"tratree_operator", "types", "config", "metrics"},
-    {"observe", "status", "jobs", "kube"},
+    {"tratree_operator", "types", "config", "metrics", "capacity"},
+    {"observe", "status", "jobs", "kube", "views"},
     {"decide", "peering"},
     {"controller"},
     {"handlers"},

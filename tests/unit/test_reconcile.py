@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ class World:
         self.results: dict[str, Any] | None = None
         self.now = T0
         self.pods: dict[str, dict[str, Any]] = {}
+        self.nodes: list[dict[str, Any]] = []
         self.created: list[str] = []
         self.events: list[Any] = []
         self.last = None
@@ -48,7 +50,7 @@ class World:
     def step(self, config: OperatorConfig = CONFIG):
         d = reconcile(Observed(copy.deepcopy(self.body), list(copy.deepcopy(self.jobs).values()),
                                copy.deepcopy(list(self.pods.values())), copy.deepcopy(self.manifests), self.results,
-                               self.now), config)
+                               self.now, nodes=copy.deepcopy(self.nodes)), config)
         for obj in d.create:
             if obj["kind"] == "Job":
                 assert obj["metadata"]["name"] not in self.jobs, "a Job was made twice"
@@ -503,9 +505,6 @@ def test_a_failed_stage_says_its_exit_code_and_termination_message():
     ({"phase": "Pending", "containerStatuses": [{"name": "stage", "state": {"waiting": {
         "reason": "CreateContainerConfigError", "message": 'secret "tratree-s3" not found'}}}]},
      'secret "tratree-s3" not found'),
-    ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                          "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]},
-     "Insufficient nvidia.com/gpu"),
 ])
 def test_a_pod_that_cannot_start_shows_in_the_stage_and_fails_its_attempt_in_time(status, why):
     config = CONFIG.model_copy(update={"start_timeout_seconds": 120.0})
@@ -522,6 +521,199 @@ def test_a_pod_that_cannot_start_shows_in_the_stage_and_fails_its_attempt_in_tim
     entry = w.stage("expert")
     assert entry["state"] == "Pending" and "could not start within 120s" in entry["message"] and why in entry["message"]
     assert "StageAttemptFailed" in [e.reason for e in d.events]
+
+
+BUSY = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                           "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                           "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}
+
+
+def gpu_node(name: str = "gpu-1", gpus: int = 8, **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": extra.pop("labels", {})}, "spec": extra,
+            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": str(gpus)}}}
+
+
+def test_a_stage_waiting_for_gpus_a_node_has_waits_past_the_start_timeout_and_only_a_queue_timeout_ends_it():
+    config = CONFIG.model_copy(update={"start_timeout_seconds": 120.0})
+    w = World(spec(methods=["sft-weak"]))
+    w.nodes = [gpu_node()]
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step(config)
+    w.pod("sft-weak", BUSY)
+    for _ in range(3):
+        w.now += dt.timedelta(seconds=3600)
+        d = w.step(config)
+        entry = w.stage("sft-weak")
+        assert not d.delete and entry["state"] == "Running" and entry["attempts"] == 1
+        assert entry["message"] == ("waiting for resources since 2026-01-01T00:00:00Z: 0/1 nodes are available: "
+                                    "1 Insufficient nvidia.com/gpu.")
+    assert d.status["phase"] == "Running" and not [e for e in d.events if e.type == "Warning"]
+    bounded = config.model_copy(update={"queue_timeout_seconds": 600.0})
+    d = w.step(bounded)
+    assert d.delete and "waited 600s for resources (stages.queueTimeoutSeconds)" in w.stage("sft-weak")["message"]
+    assert w.stage("sft-weak")["state"] == "Pending"  # an attempt like any other: retried
+
+
+def test_a_request_no_node_can_ever_meet_fails_at_once_naming_the_resource():
+    config = OperatorConfig(retryBackoffSeconds=10, resources={"sft": {"cpu": "8", "memory": "64Gi", "gpus": 64}})
+    w = World(spec(methods=["sft-weak"]))
+    w.nodes = [gpu_node("gpu-1"), gpu_node("gpu-2", gpus=4)]
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    d = w.step(config)
+    entry = w.stage("sft-weak")
+    assert not [o for o in d.create if o["kind"] == "Job"] and entry["state"] == "Failed" and entry["attempts"] == 0
+    assert entry["message"] == ("cannot run: it requests 64 nvidia.com/gpu and no node today has that much "
+                                "allocatable (the most: 8 nvidia.com/gpu, on gpu-1)")
+    assert d.status["phase"] == "Failed" and "StageFailed" in [e.reason for e in d.events]
+    d = w.step(config)  # and it stays so: no retry, no Job, nothing new to say
+    assert w.stage("sft-weak") == entry and not d.create and not d.events
+    # no node known (no Nodes listed yet, or none readable): never judged
+    w = World(spec(methods=["sft-weak"]))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    assert [o["kind"] for o in w.step(config).create] == ["ConfigMap", "Job"]
+    # its Pod already waiting when the big node goes: failed within the pass, no retry spent on it
+    w.nodes = [gpu_node(gpus=4)]
+    w.pod("sft-weak", BUSY)
+    d = w.step(config)
+    assert d.delete and w.stage("sft-weak")["state"] == "Failed" and "no node today" in w.stage("sft-weak")["message"]
+    w.pods.clear()
+    d = w.step(config)  # its Job deleted: the failure stands, no retry spent on what cannot run
+    assert w.stage("sft-weak")["state"] == "Failed" and w.stage("sft-weak")["attempts"] == 1 and not d.create
+    # an autoscaling cluster turns the check off: it waits
+    w = World(spec(methods=["sft-weak"]))
+    w.nodes = [gpu_node(gpus=4)]
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    assert w.step(config.model_copy(update={"fail_unfit_requests": False})).create
+
+
+def test_fit_reads_selectors_taints_tolerations_and_requests_as_the_scheduler_does():
+    from tratree_operator.capacity import no_node_fits, pod_requests
+
+    def pod(gpus: int = 1, **extra: Any) -> dict[str, Any]:
+        return {"containers": [{"resources": {"requests": {"cpu": "500m", "memory": "4Gi"},
+                                              "limits": {"nvidia.com/gpu": str(gpus)}}}], **extra}
+
+    assert pod_requests(pod(2)) == {"cpu": Decimal("0.5"), "memory": 4 * 2 ** 30, "nvidia.com/gpu": 2}
+    assert no_node_fits(pod(8), [gpu_node()]) is None and no_node_fits(pod(64), []) is None
+    a100 = gpu_node("a", labels={"gpu": "a100"}, taints=[{"key": "team", "value": "x", "effect": "NoSchedule"}])
+    assert no_node_fits(pod(nodeSelector={"gpu": "h100"}), [a100]) == \
+        "no node today matches its node selector (gpu=h100) and tolerations"
+    assert "tolerations allow" in no_node_fits(pod(), [a100])
+    assert no_node_fits(pod(tolerations=[{"key": "team", "operator": "Equal", "value": "x"}]), [a100]) is None
+    assert no_node_fits(pod(tolerations=[{"operator": "Exists"}]), [a100]) is None
+    # a cordoned or not-ready node comes back: it counts
+    down = gpu_node(unschedulable=True, taints=[{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}])
+    assert no_node_fits(pod(), [down]) is None
+    # enough GPUs on one node, enough memory on another, neither both
+    small = {"metadata": {"name": "cpu-1"}, "status": {"allocatable": {"cpu": "64", "memory": "1Ti"}}}
+    big = pod(8)
+    big["containers"][0]["resources"]["requests"]["memory"] = "600Gi"
+    assert no_node_fits(big, [gpu_node(), small]) == \
+        "no node today has 0.5 cpu, 600Gi memory, 8 nvidia.com/gpu allocatable together"
+
+
+def test_gpu_seconds_count_every_attempts_run_and_survive_its_pods_going():
+    def ran(w: World, seconds: int, ok: bool) -> None:
+        job = w.running("sft-weak")
+        pod = f"{job['metadata']['name']}-pod"
+        start = w.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        w.now += dt.timedelta(seconds=seconds)
+        end = w.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        w.pods[pod] = {"metadata": {"name": pod, "labels": job["spec"]["template"]["metadata"]["labels"],
+                                    "creationTimestamp": start, "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                       "spec": job["spec"]["template"]["spec"],
+                       "status": {"containerStatuses": [{"name": "stage", "state": {"terminated": {
+                           "exitCode": 0 if ok else 1, "startedAt": start, "finishedAt": end}}}]}}
+        w.finish("sft-weak", ok=ok)
+
+    config = OperatorConfig(retryBackoffSeconds=1, resources={"sft": {"cpu": "8", "memory": "64Gi", "gpus": 2}})
+    w = World(spec(methods=["sft-weak"]))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step(config)
+    ran(w, 100, ok=False)
+    w.step(config)
+    assert w.stage("sft-weak")["gpuSeconds"] == 200  # 100 s × 2 GPUs
+    w.pods.clear()  # the failed attempt's Job and Pod are gone before the next pass sees them again
+    w.now += dt.timedelta(seconds=5)
+    w.step(config)
+    ran(w, 50, ok=True)
+    w.step(config)
+    entry = w.stage("sft-weak")
+    assert entry["gpuSeconds"] == 300 and sorted(entry["gpuSecondsByJob"].values()) == [100, 200]
+    assert w.body["status"]["gpuHours"] == round(300 / 3600, 3)
+    # CPU stages use none
+    assert "gpuSeconds" not in w.stage("expert")
+
+
+def test_a_job_a_queue_holds_is_queued_with_kueues_reason_never_failed_or_timed_out():
+    config = CONFIG.model_copy(update={"start_timeout_seconds": 60.0})
+    w = World(spec(methods=["sft-weak"], kubernetes={"queueName": "team-gpus"}))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step(config)
+    job = w.running("sft-weak")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
+    job["spec"]["suspend"] = True  # what Kueue's Job webhook does at creation
+    assert w.stage("sft-weak")["state"] == "Running"
+    w.step(config)
+    assert w.stage("sft-weak")["message"] == "queued: its Job is suspended (a queue such as Kueue holds it)"
+    workload = {"metadata": {"name": "job-x", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                                           "message": "couldn't assign flavors to pod set main: insufficient unused "
+                                                      "quota for nvidia.com/gpu in flavor gpu, 1 more needed"}]}}
+    for _ in range(3):
+        w.now += dt.timedelta(hours=1)
+        d = reconcile(Observed(copy.deepcopy(w.body), list(w.jobs.values()), [], w.manifests, None, w.now,
+                               workloads=[workload]), config)
+        entry = d.status["stages"]["sft-weak"]
+        assert not d.delete and not d.create and entry["state"] == "Running" and entry["attempts"] == 1
+    assert entry["message"] == ("queued: couldn't assign flavors to pod set main: insufficient unused quota for "
+                                "nvidia.com/gpu in flavor gpu, 1 more needed")
+    workload["status"]["conditions"] = [
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "waiting"},
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "Preempted to accommodate a workload "
+         "(UID: u) due to prioritization in the ClusterQueue"}]
+    d = reconcile(Observed(copy.deepcopy(w.body), list(w.jobs.values()), [], w.manifests, None, w.now,
+                           workloads=[workload]), config)
+    assert d.status["stages"]["sft-weak"]["message"].startswith("queued: evicted and requeued by Kueue: Preempted")
+    # admitted: Kueue un-suspends it, and the stage is an ordinary running stage again
+    job["spec"]["suspend"] = False
+    w.step(config)
+    assert w.stage("sft-weak").get("message") is None and w.stage("sft-weak")["attempts"] == 1
+
+
+def test_a_job_whose_pods_the_namespace_refuses_fails_at_once_and_a_full_quota_times_out():
+    config = CONFIG.model_copy(update={"start_timeout_seconds": 120.0})
+
+    def step(w: World, why: str):
+        uid = w.running("expert")["metadata"]["uid"]
+        d = reconcile(Observed(copy.deepcopy(w.body), list(w.jobs.values()), [], w.manifests, None, w.now,
+                               refusals={uid: why}), config)
+        w.body["status"] = d.status
+        return d
+
+    psa = ('Error creating: pods "exp-expert-1-x" is forbidden: violates PodSecurity "restricted:latest": '
+           'restricted volume types (volume "data" uses restricted volume type "hostPath")')
+    w = World()
+    w.step(config)
+    d = step(w, psa)
+    entry = d.status["stages"]["expert"]
+    assert d.delete and entry["state"] == "Failed" and d.status["phase"] == "Failed"
+    assert entry["message"].endswith(f"cannot run: the namespace refuses its Pods: {psa}")
+    for name in d.delete:
+        w.jobs.pop(name)
+    assert not w.step(config).create and w.stage("expert")["state"] == "Failed"  # stands once its Job is gone
+    w.body["metadata"]["annotations"] = {"tratree.io/retry": "1"}  # the user fixed the namespace: retried
+    assert [o["kind"] for o in w.step(config).create] == ["ConfigMap", "Job"] and not w.stage("expert").get("final")
+    quota = 'Error creating: pods "exp-expert-1-x" is forbidden: exceeded quota: lab, requested: nvidia.com/gpu=1'
+    w = World()
+    w.step(config)
+    w.running("expert")["metadata"]["creationTimestamp"] = w.now.strftime("%Y-%m-%dT%H:%M:%SZ")  # the apiserver's
+    d = step(w, quota)
+    assert not d.delete and d.status["stages"]["expert"]["message"] == f"cannot start: FailedCreate: {quota}"
+    w.now += dt.timedelta(seconds=121)
+    d = step(w, quota)
+    assert d.delete and "could not start within 120s" in d.status["stages"]["expert"]["message"]
+    assert d.status["stages"]["expert"]["state"] == "Pending"  # retried, as any start problem
 
 
 def test_jobs_of_a_deleted_experiment_of_the_same_name_are_never_adopted():
@@ -550,8 +742,9 @@ def test_a_failed_job_is_counted_once_however_often_its_event_is_told():
     from tratree_operator.types import Decision, Event
 
     class Kube:
-        async def patch_status(self, *args):
+        async def patch_status(self, ns, name, version, patch):
             """The status write (lost or not, the next pass tells the same story)."""
+            return {"metadata": {"namespace": ns, "name": name, "resourceVersion": str(int(version) + 1)}}
 
         async def post_event(self, body, event):
             self.posted = [*getattr(self, "posted", []), event.reason]
@@ -657,6 +850,28 @@ def test_a_spec_outside_the_admin_policy_is_refused_with_a_condition_and_no_job(
     assert w.step(config).create
 
 
+def test_volume_sources_are_the_admins_to_allow_hostpath_and_nfs_refused_by_default():
+    def refused(volumes: list[dict[str, Any]], **policy: Any) -> str:
+        d = World(spec(kubernetes={"volumes": volumes})).step(OperatorConfig(policy=policy))
+        cond = next((c for c in d.status.get("conditions", []) if c["type"] == "SpecValid"), {})
+        assert bool(d.create) == (cond.get("status") != "False")
+        return cond.get("message", "") if cond.get("reason") == "PolicyViolation" else ""
+
+    node = [{"name": "n", "hostPath": {"path": "/etc"}}]
+    assert refused(node).startswith("spec.kubernetes.volumes[0].hostPath.path: '/etc' is not allowed here "
+                                    "(hostPath volumes are refused")
+    share = [{"name": "pvc", "persistentVolumeClaim": {"claimName": "lab"}}, {"name": "cm", "configMap": {"name": "c"}},
+             {"name": "s", "nfs": {"server": "nfs.evil.org", "path": "/"}}]
+    assert refused(share).startswith("spec.kubernetes.volumes[2].nfs.server: 'nfs.evil.org'")  # PVC, ConfigMap: fine
+    assert refused(share, nfsServers=["nfs.lab"]).endswith("(allowed: nfs.lab)")
+    assert refused(share, nfsServers=["nfs.evil.org"]) == ""
+    # a prefix is a folder: what is under it, not a sibling sharing its letters, and no way out by ".."
+    lab = {"hostPathPrefixes": ["/data/lab/"]}
+    for path, ok in (("/data/lab", True), ("/data/lab/a/b", True), ("/data/lab2", False),
+                     ("/data/lab/../../etc", False), ("//data//lab/x", True)):
+        assert (refused([{"name": "h", "hostPath": {"path": path}}], **lab) == "") == ok, path
+
+
 @pytest.mark.parametrize(("kubernetes", "artifacts", "refused"), [
     ({}, "file://./artifacts", "every stage runs in a fresh Pod"),
     ({}, "file:///data/store", "every stage runs in a fresh Pod"),
@@ -718,10 +933,11 @@ def test_the_spec_configmap_is_written_when_its_content_changes_not_with_every_j
             self.written.append(manifest["data"]["experiment.yaml"])
 
         async def create(self, manifest):
-            return True
+            return manifest  # as the apiserver made it
 
-        async def patch_status(self, *args):
+        async def patch_status(self, ns, name, version, patch):
             """Status writes are not counted here."""
+            return {"metadata": {"namespace": ns, "name": name, "resourceVersion": str(int(version) + 1)}}
 
     kube = Kube()
     controller = Controller(kube, OperatorConfig())

@@ -136,3 +136,25 @@ def test_what_each_arms_training_did_is_a_table_of_its_own():
     assert table["w2s-treedpo"]["lr_sum"] == [0.0034] and table["w2s-treedpo"]["weight_change"] == [1.5e-3]
     text = markdown(table, "t")
     assert "| w2s-treedpo | 34 | 0.0034 | 1.50e-03 | 0.50 → 0.90 | +0.000 → +0.250 |" in text
+
+
+def test_gpu_hours_follow_each_methods_stages_and_split_the_shared_ones():
+    from types import SimpleNamespace as S
+
+    from tratree.pipeline.actions.report import gpu_hours
+
+    stages = [S(name="expert", inputs=()), S(name="sft-weak", inputs=("expert",)),
+              S(name="sft-strong-s0", inputs=("expert",)), S(name="eval-sft-weak-s0", inputs=("sft-weak",)),
+              S(name="eval-sft-strong-s0", inputs=("sft-strong-s0",)),
+              S(name="dpo-s0", inputs=("sft-weak", "sft-strong-s0")), S(name="eval-w2s-treedpo-s0", inputs=("dpo-s0",)),
+              S(name="report", inputs=("eval-sft-weak-s0", "eval-sft-strong-s0", "eval-w2s-treedpo-s0"))]
+    hour = 3600.0
+    costs = {"expert": 0.0, "sft-weak": 3 * hour, "sft-strong-s0": 2 * hour, "dpo-s0": hour,
+             "eval-sft-weak-s0": hour, "eval-sft-strong-s0": hour, "eval-w2s-treedpo-s0": hour, "report": 0.0}
+    got = gpu_hours(stages, costs, ["sft-weak", "sft-strong", "w2s-treedpo"])
+    # sft-weak is needed by sft-weak and w2s-treedpo (1.5 h each), sft-strong-s0 by sft-strong and w2s-treedpo
+    assert got == {"sft-weak": {"total": 2.5, "shared": 1.5}, "sft-strong": {"total": 2.0, "shared": 1.0},
+                   "w2s-treedpo": {"total": 4.5, "shared": 2.5}}
+    assert sum(c["total"] for c in got.values()) == 9.0  # every hour counted once, report and expert at 0
+    del costs["dpo-s0"]  # a manifest from before the counts: no column rather than a wrong one
+    assert gpu_hours(stages, costs, ["sft-weak", "w2s-treedpo"]) is None

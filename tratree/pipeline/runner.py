@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
         work = work / ("merge" if merge else f"shard-{shard}")
     local_inputs = {}
     merged_from = None
+    shard_seconds = 0.0
     if merge:  # a merge reads the shards' outputs, not the stage's inputs (a model need not be fetched)
         merged_from = []
         for index in range(stage.shards):
@@ -152,6 +154,7 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
             m = _done(store, sp)
             if m is None:
                 raise StoreError(f"stage {stage.name}: shard {index} at {store.url(sp)} vanished before the merge")
+            shard_seconds += m.get("device_seconds") or 0.0
             merged_from.append(store.fetch(sp, m, work_root() / "inputs" / sp))
     else:
         for name, m in inputs.items():
@@ -164,9 +167,13 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
     out = store.local_path(prefix) or work
     clear_stale(out)
     started = time.time()
+    upstream = upstream_device_seconds(inputs)
     ctx = StageContext(spec, stage, local_inputs, out,
-                       shard=(shard, stage.shards) if shard is not None else None, merge_from=merged_from)
+                       shard=(shard, stage.shards) if shard is not None else None, merge_from=merged_from,
+                       upstream_device_seconds=upstream)
     summary = action(stage.action)(ctx)
+    seconds = time.time() - started
+    devices = devices_used(stage)
     meta = {
         "stage": stage.name,
         "action": stage.action,
@@ -177,7 +184,11 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
         "stage_version": STAGE_VERSIONS[stage.action],
         "code_version": code_version(),  # for the record: what made it, not part of the key
         "started": started,
-        "seconds": time.time() - started,
+        "seconds": seconds,
+        # what it cost in accelerator time: its wall time × the devices it ran on (a merge adds its shards')
+        "devices": devices,
+        "device_seconds": seconds * devices + shard_seconds,
+        "upstream_device_seconds": upstream,
         "summary": summary,
     }
     if shard is not None:
@@ -188,6 +199,26 @@ def _run_into(store: Store, spec: ExperimentSpec, stage: Stage, key: str, inputs
     if out == work:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def devices_used(stage: Stage) -> int:
+    """The accelerators a GPU stage ran on: the CUDA devices its process sees, once its code has loaded
+    torch; 0 for a CPU stage, or where there is none."""
+    torch = sys.modules.get("torch")
+    if not stage.gpu or torch is None or not torch.cuda.is_available():
+        return 0
+    return int(torch.cuda.device_count())
+
+
+def upstream_device_seconds(inputs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The device-seconds of every stage a stage's inputs came from, by stage (from their manifests; a
+    manifest written before tratree counted them has none)."""
+    out: dict[str, float] = {}
+    for manifest in inputs.values():
+        out.update(manifest.get("upstream_device_seconds") or {})
+        if "device_seconds" in manifest:
+            out[manifest["stage"]] = manifest["device_seconds"]
+    return out
 
 
 def clear_stale(out: Path) -> None:

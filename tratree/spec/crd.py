@@ -100,6 +100,8 @@ def crd() -> dict[str, Any]:
                     {"name": "W2SG", "type": "string", "jsonPath": ".status.w2sgReward",
                      "description": "best weak-to-strong method's average reward"},
                     {"name": "SFT-Strong", "type": "string", "jsonPath": ".status.sftStrongReward"},
+                    {"name": "GPU-h", "type": "number", "jsonPath": ".status.gpuHours",
+                     "description": "GPU-hours the stages' Pods used"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": {

@@ -42,6 +42,11 @@ class StageStatus(StatusModel):
     retry_base: int | None = Field(None, description="attempts made before the last user retry")
     message: str | None = Field(None, description="why it failed, is retried or cannot start")
     shards: str | None = Field(None, description="a sharded stage's shards done / total")
+    final: bool | None = Field(None, description="failed for a reason no retry can help (a request no node can "
+                               "meet, Pods the namespace refuses): not retried until a user retry")
+    gpu_seconds: float | None = Field(
+        None, description="GPU-seconds its Pods used: run time × GPUs requested, every attempt and shard that ended")
+    gpu_seconds_by_job: dict[str, float] | None = Field(None, description="the same per Job (one Job per attempt)")
 
 
 class Condition(StatusModel):
@@ -75,6 +80,8 @@ class MethodResult(StatusModel):
         None, alias="pairedCIVsSftStrong", description="its 95% bootstrap interval over games")
     paired_p_vs_sft_strong: float | None = Field(None, description="two-sided paired t-test over games")
     holm_p: float | None = Field(None, description="the paired p-value, Holm-corrected over the primary methods")
+    gpu_hours: float | None = Field(None, description="accelerator-hours of the stages the method needs, shared "
+                                    "stages split equally among the methods that need them")
 
 
 class ExperimentStatus(StatusModel):
@@ -90,3 +97,4 @@ class ExperimentStatus(StatusModel):
     w2sg_reward: str | None = Field(None, alias="w2sgReward", description="the best weak-to-strong method's average reward")
     sft_strong_reward: str | None = None
     retried: str | None = Field(None, description="the last tratree.io/retry annotation acted on")
+    gpu_hours: float | None = Field(None, description="GPU-hours the stages' Pods used, all stages and attempts")

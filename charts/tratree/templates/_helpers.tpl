@@ -63,21 +63,33 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "patch"]
+# create: the operator's own Events; list: the Job controller's FailedCreate on a Job that has no Pod
+# (the namespace's Pod Security refuses it, say), by the Job's uid
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 # an experiment's store is read with the credentials of its own spec.kubernetes.s3Secret, from
 # its own namespace, never with the operator's: get only, by name
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- if .Values.kueue.enabled }}
+# why Kueue holds a stage's Job: its Workload's conditions, listed by the Job's uid
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
+{{- end }}
 {{- end -}}
 
-{{/* Cluster-scoped reads kopf makes in any mode: it watches CRDs to learn of resources appearing and
-     going, and, serving a list of namespaces, namespaces to match them. */}}
+{{/* Cluster-scoped reads the operator makes in any mode: kopf watches CRDs to learn of resources appearing
+     and going, and, serving a list of namespaces, namespaces to match them; the operator watches Nodes. */}}
 {{- define "tratree.clusterReadRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+# what nodes there are: a stage asking for more than any node has fails instead of waiting for ever
+- apiGroups: [""]
+  resources: ["nodes"]
   verbs: ["list", "watch"]
 {{- if .Values.watchNamespaces }}
 - apiGroups: [""]

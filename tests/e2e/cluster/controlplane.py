@@ -188,16 +188,19 @@ class ControlPlane:
         self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]
         self.args[name] = args
 
-    def restart_apiserver(self, while_down: Any = None, timeout: float = 120.0) -> None:
-        """Kill kube-apiserver (every client's connections and watches drop at once), run
-        ``while_down``, start it again with the same flags and wait until it is ready."""
-        proc = dict(self.procs)["kube-apiserver"]
+    def restart(self, name: str, while_down: Any = None, timeout: float = 120.0) -> None:
+        """SIGKILL one of the control plane's processes (etcd, kube-apiserver, kube-controller-manager,
+        kube-scheduler), run ``while_down``, start it again with the same flags; for etcd and the
+        apiserver, wait until the apiserver is ready again."""
+        proc = dict(self.procs)[name]
         proc.kill()
         proc.wait(30)
         if while_down is not None:
             while_down()
-        self._start("kube-apiserver", self.args["kube-apiserver"])
-        self._wait_ready(timeout)
+        self._start(name, self.args[name])
+        if name in ("etcd", "kube-apiserver"):
+            self._wait_ready(timeout)
+
 
     def etcd(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         """etcd's JSON gateway (``/v3/<method>``): for what no Kubernetes API can do, such as compaction."""

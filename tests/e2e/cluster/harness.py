@@ -8,6 +8,7 @@ import copy
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -59,7 +60,9 @@ class Cluster:
         self.kubeconfig = kubeconfig
         self.extra_env = env or {}
         self.config_path = tmp / "operator.yaml"
-        self.config_path.write_text(yaml.safe_dump({**FAST, **(config or {})}))
+        # experiments here keep their file:// stores in temporary folders mounted as hostPath
+        policy = {"policy": {"hostPathPrefixes": [tempfile.gettempdir()]}}
+        self.config_path.write_text(yaml.safe_dump({**FAST, **policy, **(config or {})}))
         self.operator: asyncio.subprocess.Process | None = None
         self.log_path = tmp / "operator.log"
         self.starts = 0

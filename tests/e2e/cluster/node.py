@@ -86,7 +86,7 @@ class NodeAgent:
     pythonpath: Path | None = None  # where the "image's" tratree is (default: this checkout)
     # stages whose Pods are not started yet (like an image still being pulled): tests hold a stage
     # to act while it is in flight, then discard it from the set
-    held: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)  # stages ("sft-weak", or "EXPERIMENT/sft-weak") not started yet
     # stage -> how many of its Pods to fail as a preemption would (DisruptionTarget), before running one
     disrupt: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)  # Pod name -> output, once finished
@@ -188,7 +188,7 @@ class NodeAgent:
         if key in self._running or key in self._finished or pod.status.phase in ("Succeeded", "Failed"):
             return
         stage = (pod.metadata.labels or {}).get("tratree.io/stage")
-        if stage in self.held:
+        if stage in self.held or f"{(pod.metadata.labels or {}).get('tratree.io/experiment')}/{stage}" in self.held:
             return
         if self.disrupt.get(stage):
             self.disrupt[stage] -= 1

@@ -19,7 +19,8 @@ class StageError(UserError, RuntimeError):
 @dataclass
 class StageContext:
     """What a stage's code gets: the spec, its stage, its inputs' directories and its output directory;
-    for a sharded stage, which shard it runs (index, count), or the shards' outputs it merges."""
+    for a sharded stage, which shard it runs (index, count), or the shards' outputs it merges; what the
+    stages upstream of it cost."""
 
     spec: ExperimentSpec
     stage: Stage
@@ -27,6 +28,7 @@ class StageContext:
     out: Path
     shard: tuple[int, int] | None = None
     merge_from: list[Path] | None = None
+    upstream_device_seconds: dict[str, float] | None = None  # every stage its inputs came from: device-seconds
 
     def input(self, name: str) -> Path:
         return self.inputs[name]

@@ -109,6 +109,33 @@ def results_table(metrics: list[dict[str, Any]], methods: list[str]) -> dict[str
     return table
 
 
+def gpu_hours(stages: list[Any], costs: dict[str, float], methods: list[str]) -> dict[str, dict[str, float]] | None:
+    """Per method, the accelerator-hours of the stages its evaluations need (their inputs, all the way up):
+    ``total``, and ``shared``, its equal share of the stages other methods need too (the expert data, the
+    weak model, its exploration, sft-strong). None when a needed stage's manifest has no count (made by an
+    older tratree)."""
+    inputs = {s.name: s.inputs for s in stages}
+
+    def closure(name: str, seen: set[str]) -> set[str]:
+        if name not in seen:
+            seen.add(name)
+            for n in inputs.get(name, ()):
+                closure(n, seen)
+        return seen
+
+    needs = {m: set().union(*(closure(n, set()) for n in inputs if re.fullmatch(rf"eval-{re.escape(m)}-s\d+", n)))
+             for m in methods}
+    users: dict[str, set[str]] = {}
+    for method, names in needs.items():
+        for name in names:
+            users.setdefault(name, set()).add(method)
+    if any(n not in costs for names in needs.values() for n in names):
+        return None
+    return {m: {"total": sum(costs[n] / len(users[n]) for n in names) / 3600,
+                "shared": sum(costs[n] / len(users[n]) for n in names if len(users[n]) > 1) / 3600}
+            for m, names in needs.items() if names}
+
+
 def markdown(table: dict[str, Any], title: str) -> str:
     """The results as a Markdown table in the paper's layout, then the paired comparison with sft-strong."""
     lines = [f"# {title}", "",
@@ -167,6 +194,14 @@ def markdown(table: dict[str, Any], title: str) -> str:
         lines += ["", "Per seed, each arm's own training run (sft-weak's and sft-strong's SFT; w2s-mcts's SFT on the "
                   "e* paths; the DPO arms' DPO), from its `training.json`; DPO's preference accuracy and margin are "
                   "on its own pairs, against its reference."]
+    costed = [(m, r["gpu_hours"]) for m, r in table.items() if "gpu_hours" in r]
+    if costed:
+        lines += ["", "## What each method cost", "", "| method | GPU-hours | of which shared |", "|---|---:|---:|"]
+        lines += [f"| {m} | {c['total']:.3g} | {c['shared']:.3g} |" for m, c in costed]
+        lines += ["", "Accelerator-hours (wall time × the devices each stage ran on, from the stages' manifests; 0 on "
+                  "a machine without one) of the stages each method's evaluations need; a stage several methods need "
+                  "(the expert data, the weak model and its trees, sft-strong) is split equally among them, and that "
+                  "share is the second column. On Kubernetes the resource's `gpuHours` also counts failed attempts."]
     paired = [(m, r) for m, r in table.items() if "paired_mean" in r]
     if paired:
         lines += ["", "## Paired against sft-strong, game by game", "",
@@ -262,6 +297,11 @@ def plot(table: dict[str, Any], path: Path) -> None:
 def report(ctx: StageContext) -> dict[str, Any]:
     metrics = [json.loads((d / "metrics.json").read_text()) for n, d in ctx.inputs.items() if n.startswith("eval-")]
     table = results_table(metrics, ctx.stage.params["methods"])
+    from tratree.pipeline.graph import plan
+
+    costs = gpu_hours(plan(ctx.spec), ctx.upstream_device_seconds or {}, list(table))
+    for method, cost in (costs or {}).items():
+        table[method]["gpu_hours"] = cost
     extras: dict[str, Any] = {}
     text = markdown(table, "W2SG results")
     draws = sorted(n for n in ctx.inputs if re.fullmatch(r"trees(-s\d+)?", n))

@@ -1,0 +1,89 @@
+"""The operator's watch-fed views: what a reconcile pass reads instead of the apiserver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tratree_operator.types import LABEL_EXPERIMENT
+from tratree_operator.views import TOMBSTONE_SECONDS, Views
+
+KEY = ("lab", "exp")
+
+
+def job(name: str, version: int, experiment: str = "exp", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "lab", "resourceVersion": str(version),
+                         "labels": {LABEL_EXPERIMENT: experiment}}, "status": status}
+
+
+def names(views: Views, kind: str = "jobs") -> dict[str, str]:
+    return {j["metadata"]["name"]: j["metadata"]["resourceVersion"] for j in views.children(kind, KEY)}
+
+
+def test_a_late_older_copy_never_replaces_a_newer_one_nor_revives_a_deleted_one():
+    v = Views()
+    v.put("jobs", job("a", 5, active=1))
+    v.put("jobs", job("a", 3))  # a create's answer arriving after the watch's MODIFIED
+    assert names(v) == {"a": "5"}
+    v.remove("jobs", job("a", 7))
+    v.put("jobs", job("a", 5))  # an old copy after the watch's DELETED
+    assert names(v) == {}
+    v.put("jobs", job("a", 9))  # made again under the same name: newer than its tombstone
+    assert names(v) == {"a": "9"}
+    v.put("jobs", {"metadata": {"name": "b", "namespace": "lab", "resourceVersion": "1"}})  # no experiment's
+    assert names(v) == {"a": "9"}
+
+
+def test_a_list_replaces_the_view_but_keeps_what_the_watch_brought_after_it():
+    v = Views()
+    v.put("jobs", job("old", 2))  # gone from the cluster, its DELETED lost: the list repairs it
+    v.put("jobs", job("new", 12))  # created after the list was taken
+    v.put("jobs", job("kept", 11))  # changed after the list was taken
+    v.listed("jobs", KEY, [job("kept", 8), job("listed", 9)], "10")
+    assert names(v) == {"new": "12", "kept": "11", "listed": "9"}
+
+
+def test_an_experiment_is_listed_on_its_first_pass_and_then_every_period():
+    now = [0.0]
+    v = Views(clock=lambda: now[0])
+    assert v.needs_listing(KEY, 600)
+    v.listed("jobs", KEY, [], "1")
+    v.listed("pods", KEY, [], "1")
+    now[0] = 599
+    assert not v.needs_listing(KEY, 600)
+    now[0] = 600
+    assert v.needs_listing(KEY, 600)
+    v.forget(KEY)
+    assert v.needs_listing(KEY, 600) and names(v) == {}
+
+
+def test_tombstones_are_dropped_after_a_while():
+    now = [0.0]
+    v = Views(clock=lambda: now[0])
+    v.remove("jobs", job("a", 5))
+    now[0] = TOMBSTONE_SECONDS + 1
+    v.remove("jobs", job("b", 6))  # pruning happens as others are buried
+    v.put("jobs", job("a", 4))
+    assert names(v) == {"a": "4"}
+
+
+events = st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.sampled_from("abc"), st.integers(1, 30)),
+                  max_size=30)
+
+
+@given(events)
+def test_whatever_order_events_arrive_in_the_view_holds_each_objects_latest_word(seq):
+    """The view ends as the newest event of each object says (kept at its version, or gone), whatever the
+    order events and write answers arrive in."""
+    v = Views()
+    for op, name, version in seq:
+        (v.put if op == "put" else v.remove)("jobs", job(name, version))
+    latest: dict[str, tuple[int, int]] = {}  # name -> (version, 1 put / 0 remove); at a tie a removal wins
+    for op, name, version in seq:
+        mark = (version, 0 if op == "remove" else 1)
+        if name not in latest or (version, -mark[1]) > (latest[name][0], -latest[name][1]):
+            latest[name] = mark
+    want = {n: str(ver) for n, (ver, put) in latest.items() if put}
+    assert names(v) == want
