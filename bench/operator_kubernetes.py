@@ -100,6 +100,7 @@ def run(count: int, kills: int = 0) -> dict[str, Any]:
         op.stop()
     return {"experiments": count, "jobs": jobs, "seconds": elapsed, "requests": len(requests),
             "by_verb": dict(collections.Counter(e["verb"] for e in requests)), "rss": rss, "cpu": cpu,
+            "conflicts": sum(e.get("responseStatus", {}).get("code") == 409 for e in requests),
             "kills": chaos.done if chaos is not None else [], "jobs_per_stage": dict(jobs_per_stage),
             "attempts": dict(attempts)}
 
@@ -113,6 +114,7 @@ def main() -> None:
     r = run(args.experiments, args.chaos)
     extra = {"kube-apiserver CPU": f"{r['cpu']['kube-apiserver']:.1f} s", "etcd CPU": f"{r['cpu']['etcd']:.1f} s"} \
         if r["cpu"] else {}
+    extra["409s / experiment"] = f"{r['conflicts'] / r['experiments']:.2f}"
     if args.chaos:
         kinds = collections.Counter(name for _, name in r["kills"])
         extra |= {"kills": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),

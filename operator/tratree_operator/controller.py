@@ -245,17 +245,19 @@ class Controller:
         return decision.requeue_after
 
     async def _refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, str]:
-        """Why the Pods of a running, unsuspended Job that has none after ``PODLESS_SECONDS`` could not be
-        created (the Job controller's Event): rare, so read then, and at most every ``PODLESS_SECONDS``."""
+        """Why the Job controller could not create the Pods of a Job it started ``PODLESS_SECONDS`` ago and
+        that has none, active or ended (its FailedCreate Event): rare, so read only then, and at most every
+        ``PODLESS_SECONDS`` per Job."""
         owners = {o.get("uid") for p in pods for o in p["metadata"].get("ownerReferences") or []}
         now, wall = time.monotonic(), time.time()
         self._refused = {uid: v for uid, v in self._refused.items() if v[1] > now - 600}  # Jobs long gone
         found = {}
         for job in jobs:
             meta, status = job["metadata"], job.get("status") or {}
-            made = parse_time(meta.get("creationTimestamp"))
-            if meta.get("uid") in owners or (job.get("spec") or {}).get("suspend") or status.get("conditions") or \
-                    made is None or wall - made.timestamp() < PODLESS_SECONDS:
+            started = parse_time(status.get("startTime"))  # the Job controller has synced it (not suspended)
+            if meta.get("uid") in owners or status.get("conditions") or started is None or \
+                    any(status.get(k) for k in ("active", "succeeded", "failed", "terminating")) or \
+                    wall - started.timestamp() < PODLESS_SECONDS:
                 continue
             said, until = self._refused.get(meta["uid"], (None, 0.0))
             if until <= now:

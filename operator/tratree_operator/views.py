@@ -36,6 +36,15 @@ def _newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     return a is None or b is None or a >= b
 
 
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without its managedFields (often half its size, and never read), as controller-runtime's
+    caches keep them."""
+    meta = body.get("metadata") or {}
+    if "managedFields" not in meta:
+        return body
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class Views:
     """The latest copy of each watched object, by kind; an experiment's Jobs and Pods by its key."""
 
@@ -70,6 +79,7 @@ class Views:
         """An object as a watch event or a write's answer gave it; kept if newer than the copy held."""
         if self._buried(kind, body):
             return
+        body = _slim(body)
         meta = body["metadata"]
         if kind == "experiments":
             key = (meta.get("namespace") or "", meta["name"])
@@ -113,7 +123,7 @@ class Views:
         """What a list of the experiment's Jobs or Pods returned (at list resourceVersion ``version``):
         it replaces the view, but for copies the watch brought that are newer than the list."""
         held = self._children[kind].get(key, {})
-        fresh = {i["metadata"]["name"]: i for i in items if not self._buried(kind, i)}
+        fresh = {i["metadata"]["name"]: _slim(i) for i in items if not self._buried(kind, i)}
         at = int(version) if version and version.isdigit() else None
         for name, body in held.items():
             if name in fresh:

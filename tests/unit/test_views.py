@@ -34,6 +34,13 @@ def test_a_late_older_copy_never_replaces_a_newer_one_nor_revives_a_deleted_one(
     assert names(v) == {"a": "9"}
     v.put("jobs", {"metadata": {"name": "b", "namespace": "lab", "resourceVersion": "1"}})  # no experiment's
     assert names(v) == {"a": "9"}
+    big = job("c", 10)
+    big["metadata"]["managedFields"] = [{"manager": "kube-controller-manager", "fieldsV1": {"f:status": {}}}]
+    v.put("jobs", big)
+    v.listed("pods", KEY, [{**big, "kind": "Pod"}], "10")
+    kept = [o for kind in ("jobs", "pods") for o in v.children(kind, KEY) if o["metadata"]["name"] == "c"]
+    assert len(kept) == 2 and all("managedFields" not in o["metadata"] for o in kept)  # never read: not kept
+    assert "managedFields" in big["metadata"]  # the caller's object is left as it was
 
 
 def test_a_list_replaces_the_view_but_keeps_what_the_watch_brought_after_it():

@@ -201,13 +201,13 @@ class NodeAgent:
                           f"failed to pull and unpack image: not found")
             return
         if self.instant:
-            self._finished.add(key)
             now = _now()
             self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": {
                 "phase": "Succeeded", "startTime": now, "containerStatuses": [
                     {"name": c.name, "image": c.image, "imageID": "", "ready": False, "restartCount": 0,
                      "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
                                               "finishedAt": now}}} for c in pod.spec.containers]}})
+            self._finished.add(key)  # only once the apiserver has it: a write lost to an outage is made again
             return
         try:
             self._start(pod, key)
