@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.cluster.controlplane import ControlPlane, free_port
+from tests.e2e.cluster.service import Service, end
 
 ROOT = Path(__file__).resolve().parents[3]
 # the CRDs whose versions Kueue converts (its kustomization's webhook_in_* patches)
@@ -45,7 +46,7 @@ def _wanted(webhook: dict[str, Any]) -> bool:
     return path.endswith("-batch-v1-job") or "-kueue-x-k8s-io-" in path
 
 
-class Kueue:
+class Kueue(Service):
     """``kueue`` serving the control plane, its webhooks registered by URL."""
 
     def __init__(self, cp: ControlPlane, folder: Path, home: Path | None = None) -> None:
@@ -135,21 +136,4 @@ class Kueue:
     def stop(self) -> None:
         for kind, name in getattr(self, "webhooks", []):
             self.cp.kubectl("delete", kind.lower(), name, "--ignore-not-found", check=False)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Kueue:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        end(self.proc)

@@ -23,11 +23,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from tests.e2e.cluster.controlplane import ROOT, ControlPlane, free_port
+from tests.e2e.cluster.service import Service, end
 
 NAME = "tratree-real-node"
 POD_CIDR = "10.244.0.0/24"
@@ -49,7 +49,7 @@ def host_address() -> str:
     return match.group(1)
 
 
-class RealNode:
+class RealNode(Service):
     """containerd, kubelet and kube-proxy as subprocesses, joined to ``cp`` as node ``NAME``."""
 
     def __init__(self, cp: ControlPlane, folder: Path, node_bin: Path | None = None) -> None:
@@ -203,13 +203,7 @@ state = "{self.state / 'state'}"
     def stop(self) -> None:
         """Stop the kubelet and kube-proxy, kill every container, stop containerd and undo the network."""
         for name in ("kubelet", "kube-proxy"):
-            proc = self.procs.pop(name, None)
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(15)
-                if proc.poll() is None:
-                    proc.kill()
+            end(self.procs.pop(name, None), grace=15)
         if "containerd" in self.procs and self.procs["containerd"].poll() is None:
             with contextlib.suppress(Exception):
                 self._remove_containers()
@@ -247,16 +241,6 @@ state = "{self.state / 'state'}"
                 with contextlib.suppress(OSError):
                     os.remove(point)
 
-    def __enter__(self) -> RealNode:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def _remove_kubelet_chains() -> None:
