@@ -39,7 +39,7 @@ class _Want:
     """A Job the stage needs, once its inputs are done and nothing blocks it."""
 
     attempt: int
-    reason: str  # StageStarted, StageRetried or JobRecreated
+    reason: str  # StageStarted, StageRetried or JobRecreated (only the last two are Events)
     due: dt.datetime | None = None
 
 
@@ -242,9 +242,11 @@ def _schedule(observed: Observed, spec: ExperimentSpec, stages: list[Stage], key
         entry.state, entry.job, entry.start_time, entry.attempts = "Running", job["metadata"]["name"], now, want.attempt
         entry.finish_time = None
         if want.reason == "StageStarted":
+            # no Event for a first start: the stage's status names its Job and the Job controller's own
+            # SuccessfulCreate Event says it; a 24-stage experiment writes 24 fewer Events
             entry.message = None
-            text = f"stage {name} started: Job {entry.job}"
-        elif want.reason == "StageRetried":
+            continue
+        if want.reason == "StageRetried":
             text = f"stage {name}: attempt {want.attempt} started: Job {entry.job} ({entry.message or ''})"
         else:
             text = f"stage {name}: its Job vanished before it finished; attempt {want.attempt}: {entry.job}"
@@ -264,17 +266,13 @@ def _transitions(old_stages: dict[str, StageStatus], entries: dict[str, StageSta
     events = []
     for name, entry in entries.items():
         prev = old_stages.get(name)
-        before, before_job = (prev.state, prev.job) if prev is not None and prev.key == entry.key else (None, None)
-        state, job = entry.state, entry.job
+        before = prev.state if prev is not None and prev.key == entry.key else None
+        state = entry.state
         message = entry.message or ""
         if message.endswith("retrying") and message != (prev.message if prev is not None else None):
             events.append(Event("Warning", "StageAttemptFailed", f"stage {name}: {message}", name))
         if name in started:
             events.append(started[name])
-        elif job and state in ("Running", "Succeeded", "Failed") and before not in DONE and \
-                (before, before_job) != ("Running", job) and not (before == "Failed" and before_job == job):
-            # a Job this status has not seen yet: made by a pass whose status write was lost
-            events.append(Event("Normal", "StageStarted", f"stage {name} started: Job {job}", name))
         if state == before or state in ("Running", "Pending"):
             continue
         if state == "Failed":

@@ -126,7 +126,7 @@ def test_a_new_experiment_starts_its_first_stage_with_a_configmap_and_owned_labe
     assert d.status["stages"]["sft-weak"]["state"] == "Pending"
     assert d.status["observedGeneration"] == 1
     assert d.status["currentStage"] == "expert"
-    assert [e.reason for e in d.events] == ["StageStarted"]
+    assert d.events == []  # a first start is in the status and on the Job's own Events, not one of ours
     # the name is a function of experiment, stage, plan key and attempt: a restart finds the same Job
     from tratree_operator.decide import plan_keys
 
@@ -195,7 +195,7 @@ def test_stages_done_in_the_store_are_cached_without_a_job():
     assert [j["metadata"]["labels"][LABEL_STAGE] for j in d.create if j["kind"] == "Job"] == ["sft-weak",
                                                                                              "sft-strong-s0"]
     assert d.status["artifacts"]["expert"] == "s3://bucket/exp/stages/expert/k"
-    assert {"StageCached", "StageStarted"} <= {e.reason for e in d.events}
+    assert [e.reason for e in d.events] == ["StageCached", "StageCached"]
 
 
 def test_a_whole_experiment_runs_in_dependency_order_and_succeeds():
@@ -299,7 +299,6 @@ def test_a_restart_between_creating_a_job_and_writing_status_adopts_the_job():
     d = w.step()  # World.step fails on a second Job with the same name
     assert not [o for o in d.create if o["kind"] == "Job"]
     assert w.stage("expert")["state"] == "Running"
-    assert [e.reason for e in d.events] == ["StageStarted"]  # the event of the lost write is not lost
 
 
 def test_a_restart_finds_finished_jobs_and_loses_no_transition():
