@@ -266,13 +266,18 @@ def _transitions(old_stages: dict[str, StageStatus], entries: dict[str, StageSta
     events = []
     for name, entry in entries.items():
         prev = old_stages.get(name)
-        before = prev.state if prev is not None and prev.key == entry.key else None
-        state = entry.state
+        before, before_job = (prev.state, prev.job) if prev is not None and prev.key == entry.key else (None, None)
+        state, job = entry.state, entry.job
         message = entry.message or ""
         if message.endswith("retrying") and message != (prev.message if prev is not None else None):
             events.append(Event("Warning", "StageAttemptFailed", f"stage {name}: {message}", name))
         if name in started:
             events.append(started[name])
+        elif job and entry.attempts > 1 and state in ("Running", "Succeeded", "Failed") and before not in DONE \
+                and (before, before_job) != ("Running", job) and not (before == "Failed" and before_job == job):
+            # a later attempt's Job this status has not seen yet: made by a pass whose status write was lost
+            events.append(Event("Normal", "StageRetried", f"stage {name}: attempt {entry.attempts} started: Job {job}",
+                                name))
         if state == before or state in ("Running", "Pending"):
             continue
         if state == "Failed":

@@ -299,6 +299,22 @@ def test_a_restart_between_creating_a_job_and_writing_status_adopts_the_job():
     d = w.step()  # World.step fails on a second Job with the same name
     assert not [o for o in d.create if o["kind"] == "Job"]
     assert w.stage("expert")["state"] == "Running"
+    assert d.events == []  # adopting the Job of a first start says nothing: it was never an Event
+
+
+def test_a_retry_whose_status_write_was_lost_is_still_told():
+    w = World(spec(kubernetes={"stages": {"sft": {"retries": 1}}}))
+    w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
+    w.step()
+    w.finish("sft-weak", ok=False)
+    w.step()
+    lost = copy.deepcopy(w.body["status"])  # the retry is due; its Job is made and the status write lost
+    w.now = T0 + dt.timedelta(seconds=11)
+    w.step()
+    w.body["status"] = lost
+    d = w.step()
+    assert not [o for o in d.create if o["kind"] == "Job"] and w.stage("sft-weak")["attempts"] == 2
+    assert [e.reason for e in d.events if e.stage == "sft-weak"] == ["StageRetried"]
 
 
 def test_a_restart_finds_finished_jobs_and_loses_no_transition():

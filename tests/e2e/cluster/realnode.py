@@ -242,7 +242,6 @@ state = "{self.state / 'state'}"
                     os.remove(point)
 
 
-
 def _remove_kubelet_chains() -> None:
     """Remove the iptables chains the kubelet makes (its canaries and the localnet firewall)."""
     for table in ("filter", "nat", "mangle"):
