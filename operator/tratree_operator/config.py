@@ -88,8 +88,8 @@ class OperatorConfig(Settings):
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
     resync_seconds: float = Field(60.0, gt=0, description="Reconcile unfinished experiments at least this often.")
     relist_seconds: float = Field(
-        600.0, gt=0, description="List an unfinished experiment's Jobs and Pods from the apiserver again this often "
-        "(between lists, its watches keep them).")
+        3600.0, gt=0, description="List an unfinished experiment's Jobs and Pods from the apiserver again this often "
+        "(between lists, its watches keep them, and a watch that restarts lists everything anew).")
     start_timeout_seconds: float = Field(
         600.0, gt=0, description="A stage Pod that cannot start for its own reasons (an image that will not pull, a "
         "missing Secret) this long fails its attempt. Waiting for resources is not such a reason.")

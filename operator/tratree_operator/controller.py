@@ -42,6 +42,7 @@ SECRET_SECONDS, MISSING_SECRET_SECONDS = 60.0, 5.0
 
 # a Job without a single Pod this long after it was made: ask why (its Pods' creation may be refused)
 PODLESS_SECONDS = 10.0
+PODLESS_MAX_SECONDS = 160.0
 
 # the variables of an experiment's S3 Secret that say where its store is and who reads it
 S3_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
@@ -143,7 +144,8 @@ class Controller:
         self.views = Views()
         self._stale: set[Key] = set()  # a status write met a 409: read the experiment again
         self._secrets: dict[Key, tuple[dict[str, str] | None, float]] = {}
-        self._refused: dict[str, tuple[str | None, float]] = {}  # Job uid -> (FailedCreate message, until)
+        # Job uid -> (FailedCreate message, when to ask again, how long the last wait was)
+        self._refused: dict[str, tuple[str | None, float, float]] = {}
 
     def wake(self, namespace: str, name: str, delay: float = 0.0) -> None:
         """Reconcile the experiment after ``delay`` seconds (sooner if already due sooner)."""
@@ -246,8 +248,10 @@ class Controller:
 
     async def _refusals(self, namespace: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, str]:
         """Why the Job controller could not create the Pods of a Job it started ``PODLESS_SECONDS`` ago and
-        that has none, active or ended (its FailedCreate Event): rare, so read only then, and at most every
-        ``PODLESS_SECONDS`` per Job."""
+        that has none, active or ended (its FailedCreate Event): rare, so read only then, first after
+        ``PODLESS_SECONDS`` and then ever less often (the wait doubles, to at most ``PODLESS_MAX_SECONDS``),
+        since a Job controller that is merely slow on a busy cluster says nothing and a refusal is said
+        once and kept."""
         owners = {o.get("uid") for p in pods for o in p["metadata"].get("ownerReferences") or []}
         now, wall = time.monotonic(), time.time()
         self._refused = {uid: v for uid, v in self._refused.items() if v[1] > now - 600}  # Jobs long gone
@@ -259,10 +263,11 @@ class Controller:
                     any(status.get(k) for k in ("active", "succeeded", "failed", "terminating")) or \
                     wall - started.timestamp() < PODLESS_SECONDS:
                 continue
-            said, until = self._refused.get(meta["uid"], (None, 0.0))
+            said, until, waited = self._refused.get(meta["uid"], (None, 0.0, PODLESS_SECONDS / 2))
             if until <= now:
                 said = await self.kube.pod_creation_refused(namespace, meta["uid"])
-                self._refused[meta["uid"]] = (said, now + PODLESS_SECONDS)
+                waited = min(2 * waited, PODLESS_MAX_SECONDS)
+                self._refused[meta["uid"]] = (said, now + waited, waited)
             if said:
                 found[meta["uid"]] = said
         return found

@@ -8,6 +8,7 @@ unless another live peer (last seen within its lifetime) has a priority at least
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -44,13 +45,23 @@ class Peering:
     clusterwide: bool
     ttl: float = 1.0
     _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _reading: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
 
     async def active(self, namespace: str) -> bool:
+        """Whether this replica may write in NAMESPACE now. Concurrent reconciles that find the answer
+        out of date share one read of the peering object (else each would list it)."""
         scope = "" if self.clusterwide else namespace
         hit = self._cache.get(scope)
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
-        body = await self.kube.peering_object(self.name, None if self.clusterwide else namespace)
+        task = self._reading.get(scope)
+        if task is None:
+            task = self._reading[scope] = asyncio.create_task(self._read(scope))
+            task.add_done_callback(lambda _: self._reading.pop(scope, None))
+        return await asyncio.shield(task)
+
+    async def _read(self, scope: str) -> bool:
+        body = await self.kube.peering_object(self.name, scope or None)
         ok = body is not None and active_among(body.get("status") or {}, self.identity, self.priority,
                                                dt.datetime.now(dt.UTC))
         self._cache[scope] = (time.monotonic(), ok)

@@ -416,10 +416,10 @@ def test_watches_recover_from_410_gone_after_an_apiserver_restart_and_miss_nothi
     s3_secret(kube, ns)
     kube.apply(experiment("gone", s3_env), "-n", ns)
     wait_stage(kube, "gone", ns, "sft-weak", "Running", operator)
-    # the pass that started sft-weak posts its Events after its status: wait for them (the tokenizer's
-    # "succeeded" comes before sft-weak's start), or the restart below can catch them in flight
-    kube.wait_for(lambda: "stage sft-weak started" in kube.kubectl("-n", ns, "describe", "w2sg", "gone"), 60,
-                  "the Events of sft-weak's start")
+    # the pass that started sft-weak posts the tokenizer's "succeeded" Event after its status: wait for
+    # it, or the restart below can catch it in flight
+    kube.wait_for(lambda: "stage tokenizer: succeeded" in kube.kubectl("-n", ns, "describe", "w2sg", "gone"), 60,
+                  "the Event of the tokenizer's success")
     restarts = operator.log().count("Restarting the watch-stream")
     kube.restart("kube-apiserver", while_down=kube.compact_etcd)
     st = wait_phase(kube, "gone", ns, "Succeeded", operator, 300)

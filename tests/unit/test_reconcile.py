@@ -18,6 +18,7 @@ from tratree_operator.decide import reconcile
 from tratree_operator.jobs import job_name
 from tratree_operator.status import merge_patch
 from tratree_operator.types import ANNOTATION_KEY, LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_STAGE, Observed
+from tratree_operator.views import kept
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 CONFIG = OperatorConfig(retryBackoffSeconds=10, retryBackoffMaxSeconds=300, resyncSeconds=60)
@@ -48,9 +49,11 @@ class World:
         self.last = None
 
     def step(self, config: OperatorConfig = CONFIG):
-        d = reconcile(Observed(copy.deepcopy(self.body), list(copy.deepcopy(self.jobs).values()),
-                               copy.deepcopy(list(self.pods.values())), copy.deepcopy(self.manifests), self.results,
-                               self.now, nodes=copy.deepcopy(self.nodes)), config)
+        # the Jobs and Pods as the operator's views keep them: what the reconciler reads must survive that
+        d = reconcile(Observed(copy.deepcopy(self.body), [kept("jobs", j) for j in copy.deepcopy(self.jobs).values()],
+                               [kept("pods", p) for p in copy.deepcopy(list(self.pods.values()))],
+                               copy.deepcopy(self.manifests), self.results, self.now, nodes=copy.deepcopy(self.nodes)),
+                      config)
         for obj in d.create:
             if obj["kind"] == "Job":
                 assert obj["metadata"]["name"] not in self.jobs, "a Job was made twice"

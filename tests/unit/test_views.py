@@ -66,6 +66,45 @@ def test_an_experiment_is_listed_on_its_first_pass_and_then_every_period():
     assert v.needs_listing(KEY, 600) and names(v) == {}
 
 
+def test_a_watch_that_lists_anew_has_every_experiment_listed_again_once():
+    """After 410 Gone kopf lists everything again (events of type None) and no DELETED comes for what went
+    meanwhile: each experiment listed before that is listed again, once per listing however long it is."""
+    now = [0.0]
+    v = Views(clock=lambda: now[0])
+    v.listed("pods", KEY, [], "1")
+    now[0] = 100
+    assert not v.needs_listing(KEY, 3600)
+    v.watch_listed()  # the listing's first object
+    assert v.needs_listing(KEY, 3600)
+    now[0] = 101
+    v.listed("pods", KEY, [], "2")
+    now[0] = 103
+    v.watch_listed()  # the same listing goes on
+    assert not v.needs_listing(KEY, 3600)
+    now[0] = 200
+    v.watch_listed()  # another restart, later
+    assert v.needs_listing(KEY, 3600)
+
+
+def test_what_the_views_keep_of_a_pod_is_what_is_read():
+    """A Pod's command, environment, mounts and volumes are never read: not kept (at 1,000 experiments
+    they were most of the operator's memory); its requests, placement, labels, owners and status are."""
+    pod = {"metadata": {"name": "p", "namespace": "lab", "resourceVersion": "3", "labels": {LABEL_EXPERIMENT: "exp"},
+                        "ownerReferences": [{"uid": "j"}], "managedFields": [{"manager": "kubelet"}]},
+           "spec": {"containers": [{"name": "stage", "command": ["tratree", "stage"], "env": [{"name": "A", "value": "1"}],
+                                    "resources": {"requests": {"nvidia.com/gpu": "1"}}}],
+                    "volumes": [{"name": "work", "emptyDir": {}}], "nodeName": "n1", "nodeSelector": {"gpu": "h200"},
+                    "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+           "status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+    v = Views()
+    v.put("pods", pod)
+    (held,) = v.children("pods", KEY)
+    assert held["spec"] == {"nodeName": "n1", "nodeSelector": {"gpu": "h200"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                            "containers": [{"name": "stage", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]}
+    assert held["status"] == pod["status"] and "managedFields" not in held["metadata"]
+    assert held["metadata"] == {k: v for k, v in pod["metadata"].items() if k != "managedFields"}
+
+
 def test_tombstones_are_dropped_after_a_while():
     now = [0.0]
     v = Views(clock=lambda: now[0])
