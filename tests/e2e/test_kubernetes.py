@@ -84,7 +84,7 @@ def install(kube, values: dict[str, Any] | None = None) -> dict[str, Any]:
     the CRDs applied the docs' way (Kubernetes, Install), then the rendered ServiceAccount, RBAC, peering and
     config (the chart's values, ``TEST_VALUES`` when none are given)."""
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "charts" / "tratree" / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/w2sgexperiments.tratree.io", "--timeout=60s")
+    kube.wait_established("w2sgexperiments.tratree.io")
     kube.kubectl("create", "namespace", OPERATOR_NS, check=False)
     docs = [d for d in render(TEST_VALUES if values is None else values)
             if d["kind"] not in ("Deployment", "Service", "ServiceMonitor")]

@@ -358,6 +358,14 @@ class ControlPlane:
         out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
         return json.loads(out) if out else None
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Until the apiserver serves CRD (its Established condition). Not `kubectl wait`: asked before the
+        CRD has any conditions, it fails at once (".status.conditions accessor error") instead of waiting."""
+        def established() -> bool:
+            conditions = ((self.get("crd", crd) or {}).get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+        self.wait_for(established, timeout, f"the CRD {crd} to be established")
+
     def list(self, kind: str, namespace: str = "default", selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
         return json.loads(self.kubectl(*args))["items"]

@@ -82,7 +82,7 @@ class Kueue(Service):
             crds.append(crd)
         self.cp.apply(crds, "--server-side")
         for crd in crds:
-            self.cp.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+            self.cp.wait_established(crd["metadata"]["name"])
         config = {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration", "namespace": "kueue-system",
             "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health}"},
