@@ -9,7 +9,9 @@ every Ctrl-C, and an output is never committed after one: the command still stop
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from typing import Any
 
 _seen = threading.Event()
 
@@ -19,12 +21,23 @@ def _on_sigint(signum: int, frame: object) -> None:
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt where the program is
 
 
+def _unraisable(unraisable: Any, default: Any = sys.unraisablehook) -> None:
+    # a Ctrl-C that lands in a finalizer (py4j's JavaObject cleanup, run by the garbage collector) cannot
+    # propagate; Python would print it with a traceback. It is latched: the command still stops at
+    # its next check and says "interrupted" once
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _seen.set()
+        return
+    default(unraisable)
+
+
 def latch() -> None:
     """Remember every Ctrl-C from now on, where Ctrl-C is handled as usual (a run started with it
     ignored, in the background, keeps ignoring it)."""
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _unraisable
 
 
 def check() -> None:

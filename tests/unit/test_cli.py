@@ -307,6 +307,32 @@ except KeyboardInterrupt:
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temp file
 
 
+def test_a_ctrl_c_in_a_finalizer_prints_no_traceback_and_is_still_seen():
+    """A Ctrl-C that lands in a finalizer (py4j cleans up Java objects from the garbage collector) cannot
+    propagate; Python would print "Exception ignored in" and a traceback. Latched, it prints nothing and
+    the next check raises (seen in CI: a traceback before "tratree: interrupted")."""
+    code = """
+import os, signal, time, weakref
+from tratree import interrupts
+interrupts.latch()
+class Java:
+    pass
+def cleanup(_):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+obj = Java()
+ref = weakref.ref(obj, cleanup)
+del obj
+try:
+    interrupts.check()
+except KeyboardInterrupt:
+    print("stopped")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "stopped\n", "")
+
+
 def test_tree_commands_never_import_torch_and_the_tree_and_mcts_commands_not_pydantic(tmp_path, traj_file):
     trees = str(tmp_path / "trees.jsonl")
     code = f"""
