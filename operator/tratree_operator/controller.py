@@ -144,7 +144,7 @@ class Controller:
         self.views = Views()
         self._stale: set[Key] = set()  # a status write met a 409: read the experiment again
         self._secrets: dict[Key, tuple[dict[str, str] | None, float]] = {}
-        # Job uid -> (FailedCreate message, when to ask again, how long the last wait was)
+        # Job uid -> (FailedCreate message, when to ask again, the wait after that)
         self._refused: dict[str, tuple[str | None, float, float]] = {}
 
     def wake(self, namespace: str, name: str, delay: float = 0.0) -> None:
@@ -263,11 +263,10 @@ class Controller:
                     any(status.get(k) for k in ("active", "succeeded", "failed", "terminating")) or \
                     wall - started.timestamp() < PODLESS_SECONDS:
                 continue
-            said, until, waited = self._refused.get(meta["uid"], (None, 0.0, PODLESS_SECONDS / 2))
+            said, until, wait = self._refused.get(meta["uid"], (None, 0.0, PODLESS_SECONDS))
             if until <= now:
                 said = await self.kube.pod_creation_refused(namespace, meta["uid"])
-                waited = min(2 * waited, PODLESS_MAX_SECONDS)
-                self._refused[meta["uid"]] = (said, now + waited, waited)
+                self._refused[meta["uid"]] = (said, now + wait, min(2 * wait, PODLESS_MAX_SECONDS))
             if said:
                 found[meta["uid"]] = said
         return found
