@@ -115,6 +115,20 @@ def test_tombstones_are_dropped_after_a_while():
     assert names(v) == {"a": "4"}
 
 
+def test_a_tombstone_laid_again_lasts_from_its_latest_deletion():
+    now = [0.0]
+    v = Views(clock=lambda: now[0])
+    v.remove("jobs", job("a", 5))
+    v.remove("jobs", job("b", 5))
+    now[0] = TOMBSTONE_SECONDS - 1
+    v.remove("jobs", job("a", 7))
+    now[0] = TOMBSTONE_SECONDS + 1
+    v.remove("jobs", job("c", 5))  # b's tombstone has expired, a's (laid again) has not
+    v.put("jobs", job("a", 6))
+    v.put("jobs", job("b", 4))
+    assert names(v) == {"b": "4"}
+
+
 events = st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.sampled_from("abc"), st.integers(1, 30)),
                   max_size=30)
 
