@@ -21,14 +21,16 @@ def _on_sigint(signum: int, frame: object) -> None:
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt where the program is
 
 
-def _unraisable(unraisable: Any, default: Any = sys.unraisablehook) -> None:
-    # a Ctrl-C that lands in a finalizer (py4j's JavaObject cleanup, run by the garbage collector) cannot
-    # propagate; Python would print it with a traceback. It is latched: the command still stops at
-    # its next check and says "interrupted" once
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        _seen.set()
-        return
-    default(unraisable)
+def _latching(previous: Any) -> Any:
+    def hook(unraisable: Any) -> None:
+        # a Ctrl-C that lands in a finalizer (py4j's JavaObject cleanup, run by the garbage collector)
+        # cannot propagate; Python would print it with a traceback. It is latched: the command still
+        # stops at its next check and says "interrupted" once
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _seen.set()
+            return
+        previous(unraisable)
+    return hook
 
 
 def latch() -> None:
@@ -37,7 +39,7 @@ def latch() -> None:
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
-        sys.unraisablehook = _unraisable
+        sys.unraisablehook = _latching(sys.unraisablehook)  # whatever hook was set before still sees the rest
 
 
 def check() -> None:

@@ -140,8 +140,11 @@ class Views:
         now = self._clock()
         # tombstones are kept in the order they were laid, so the expired ones are at the front: PodGC
         # deleting thousands of Pods must not cost a pass over every tombstone each
-        while self._gone and now - next(iter(self._gone.values()))[1] >= TOMBSTONE_SECONDS:
-            del self._gone[next(iter(self._gone))]
+        while self._gone:
+            oldest, (_, laid) = next(iter(self._gone.items()))
+            if now - laid < TOMBSTONE_SECONDS:
+                break
+            del self._gone[oldest]
         version, stone = _version(body), self._gone.pop((kind, ns, name), None)
         if stone is not None and None not in (stone[0], version) and stone[0] > version:  # type: ignore[operator]
             version = stone[0]  # a late older DELETED does not lower the tombstone

@@ -4,7 +4,8 @@
 (commit 7f246cc; the miniature's entry re-recorded by that same code when its random-pair arm was dropped,
 and again when its test games went from 100 to 200). A stage's key hashes its action, the version of that
 action's outputs, its spec slice and its inputs' digests; with the inputs' digests held fixed, the same keys
-mean that a store made then is reused stage for stage now. A deliberate change (a bumped stage version) re-records the file.
+mean that a store made then is reused stage for stage now. A deliberate change (a bumped stage version)
+re-records the file.
 """
 
 from __future__ import annotations
