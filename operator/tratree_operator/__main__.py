@@ -21,7 +21,7 @@ import tratree_operator.handlers  # noqa: F401 - importing registers the kopf ha
 from tratree_operator import metrics
 from tratree_operator.config import ConfigError, load_config
 from tratree_operator.controller import Controller
-from tratree_operator.kube import Kube, load_client_config
+from tratree_operator.kube import Kube, login
 from tratree_operator.peering import Peering
 
 
@@ -61,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     # --verbose is about the operator and kopf; the S3 client's wire-level debugging is not
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.INFO)
-    load_client_config()
+    try:
+        info = login()
+    except kopf.LoginError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     metrics.serve(args.metrics_port)
 
     async def run() -> None:
-        kube = Kube()
+        kube = Kube(info)
         if not args.standalone:
             missing = await kube.missing_peering(args.peering, args.namespace)
             if missing:

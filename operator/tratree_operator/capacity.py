@@ -10,14 +10,35 @@ Nodes: knowing of none is not knowing.
 
 from __future__ import annotations
 
-from decimal import Decimal
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
-
-from kubernetes.utils import parse_quantity
 
 # Taints the node lifecycle sets and lifts by itself (not ready, unreachable, cordoned, under
 # pressure): a node under one of them counts, since it will take Pods again.
 TRANSIENT_TAINTS = ("node.kubernetes.io/", "node.cloudprovider.kubernetes.io/uninitialized")
+
+
+_QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:([KMGTPE]i)|([numkMGTPE]?)|[eE]([+-]?\d+))")
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def parse_quantity(value: Any) -> Decimal:
+    """A Kubernetes resource quantity ("500m", "16Gi", "1e3", 2) as a number; ValueError when it is none."""
+    if isinstance(value, int | float | Decimal):
+        return Decimal(str(value))
+    match = _QUANTITY.fullmatch(str(value).strip())
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    number, binary, decimal, exponent = match.groups()
+    try:
+        amount = Decimal(number)
+    except InvalidOperation as err:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}") from err
+    if binary:
+        return amount * 1024 ** _BINARY[binary]
+    return amount.scaleb(int(exponent) if exponent is not None else _DECIMAL[decimal])
 
 
 def _quantity(value: Any) -> Decimal:

@@ -226,10 +226,10 @@ class Controller:
         if self.peering is not None and not await self.peering.active(namespace):
             return min(self.config.resync_seconds, 5.0)
         key = (namespace, name)
-        if key in self._stale or key not in self.views.experiments or \
+        if key in self._stale or not self.views.holds_experiment(key) or \
                 self.views.needs_listing(key, self.config.relist_seconds):
             await self._resync(key)
-        body = self.views.experiments.get(key)
+        body = self.views.experiment(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
             return None

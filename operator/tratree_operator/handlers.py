@@ -16,7 +16,7 @@ from tratree.spec.experiment import API_GROUP
 from tratree_operator import metrics
 from tratree_operator.config import load_config
 from tratree_operator.controller import Controller
-from tratree_operator.kube import Kube, load_client_config
+from tratree_operator.kube import Kube, login
 from tratree_operator.types import LABEL_EXPERIMENT
 
 EXPERIMENTS = (API_GROUP, VERSION, PLURAL)
@@ -41,14 +41,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     settings.peering.lifetime = int(getattr(memo, "peering_lifetime", 60))
     if getattr(memo, "controller", None) is None:
-        load_client_config()
         memo.controller = Controller(Kube(), load_config())
         metrics.serve(int(getattr(memo, "metrics_port", 9090)))
+
+
+# kopf's watches log in as the operator's own calls do (kopf's default service-account login asks for
+# kubernetes.default.svc, a name only cluster DNS knows); kopf calls this again when a token is refused
+@kopf.on.login()
+def credentials(logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
+    return login(logger)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.stop()
+    await memo.controller.kube.close()
 
 
 # Watching events only: kopf keeps no bookkeeping of its own on the experiment (no copy of the

@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from tests.e2e.cluster.harness import operator_command
 from tests.unit.test_chart import render, rule_set
 from tratree_operator.jobs import configmap_name
 
@@ -54,7 +54,7 @@ class Operator:
                "KUBECONFIG": str(kubeconfig), "TRATREE_OPERATOR_CONFIG": str(self.config),
                "PYTHONPATH": os.pathsep.join([str(root), str(root / "operator")])}
         self.env = env
-        self.command = [sys.executable, "-m", "tratree_operator", "--liveness", "", "--metrics-port", "0", *args]
+        self.command = operator_command("--liveness", "", "--metrics-port", "0", *args)
         self.restart()
 
     def log(self) -> str:

@@ -89,13 +89,16 @@ async def test_a_full_experiment_runs_every_stage_in_dependency_order(tmp_path):
         assert f"tratree_jobs_created_total {float(len(stages))}" in text
 
 
-async def test_api_conflicts_and_transient_errors_are_retried(tmp_path):
+async def test_api_conflicts_transient_errors_and_a_refused_token_are_retried(tmp_path):
     async with cluster(tmp_path, start=False) as c, Kubelet(c.api, always("succeed")):
+        # a 401 is a token that expired or was rotated: the operator logs in again and repeats the call
         c.api.faults += [("patch", "w2sgexperiments", "status", 409), ("create", "jobs", None, 503),
-                         ("patch", "w2sgexperiments", "status", 500), ("create", "jobs", None, 500)]
+                         ("patch", "w2sgexperiments", "status", 500), ("create", "jobs", None, 500),
+                         ("create", "jobs", None, 401), ("create", "configmaps", None, 429)]
         await c.start_operator()
         await c.apply(small(tmp_path))
         await c.wait_phase("small", "Succeeded", 90)
         assert not c.api.faults, "every fault was hit"
+        assert "failed; again in" not in c.log(), "each fault was retried within its call, no pass failed"
         stages = [stage_of(j) for j in c.jobs("small")]
         assert sorted(stages) == sorted(set(stages))

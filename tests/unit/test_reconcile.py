@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.utils import parse_quantity as reference_quantity
 
 from tratree.pipeline.graph import plan
 from tratree.spec.experiment import parse_experiment
+from tratree_operator.capacity import parse_quantity
 from tratree_operator.config import OperatorConfig
 from tratree_operator.decide import reconcile
 from tratree_operator.jobs import job_name
@@ -602,6 +604,26 @@ def test_a_request_no_node_can_ever_meet_fails_at_once_naming_the_resource():
     w.nodes = [gpu_node(gpus=4)]
     w.manifests = {"expert": manifest("expert"), "tokenizer": manifest("tokenizer")}
     assert w.step(config.model_copy(update={"fail_unfit_requests": False})).create
+
+
+QUANTITY = st.builds(
+    lambda sign, whole, frac, suffix: f"{sign}{whole}{frac}{suffix}",
+    st.sampled_from(["", "+", "-"]), st.integers(0, 10**6).map(str),
+    st.sampled_from(["", "."]) | st.integers(0, 999).map(lambda f: f".{f}"),
+    st.sampled_from(["", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+    | st.integers(-9, 12).map(lambda e: f"e{e}"))
+
+
+@given(QUANTITY | st.text(max_size=6))
+def test_resource_quantities_read_as_the_kubernetes_client_reads_them(value):
+    # the operator parses them itself (its image has no kubernetes package); the client is the reference
+    try:
+        expected = reference_quantity(value)
+    except (ValueError, ArithmeticError):
+        with pytest.raises(ValueError):
+            parse_quantity(value)
+        return
+    assert parse_quantity(value) == expected
 
 
 def test_fit_reads_selectors_taints_tolerations_and_requests_as_the_scheduler_does():

@@ -147,3 +147,22 @@ def test_whatever_order_events_arrive_in_the_view_holds_each_objects_latest_word
             latest[name] = mark
     want = {n: str(ver) for n, (ver, put) in latest.items() if put}
     assert names(v) == want
+
+
+def test_an_experiment_view_is_the_newest_copy_each_reader_gets_its_own_and_a_deletion_buries_it():
+    def experiment(version: int, phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": "exp", "namespace": "lab", "resourceVersion": str(version),
+                             "managedFields": [{"manager": "kubectl"}]},
+                "spec": {"methods": ["sft-weak"]}, "status": {"phase": phase}}
+
+    v = Views()
+    assert v.experiment(KEY) is None and not v.holds_experiment(KEY)
+    v.put("experiments", experiment(4, "Running"))
+    v.put("experiments", experiment(3, "Pending"))  # a late older copy
+    got = v.experiment(KEY)
+    assert got["status"] == {"phase": "Running"} and "managedFields" not in got["metadata"]
+    got["status"]["phase"] = "Changed by a reader"  # packed: a reader's edit is its own
+    assert v.experiment(KEY)["status"] == {"phase": "Running"}
+    v.remove("experiments", experiment(5, "Running"))
+    v.put("experiments", experiment(4, "Running"))
+    assert v.experiment(KEY) is None and not v.holds_experiment(KEY)

@@ -139,7 +139,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         import kubernetes  # noqa: F401 - only to say, in one line, that it is missing
     except ImportError as err:
-        raise CLIError(f"tratree submit needs the Kubernetes client ({err.name}): pip install 'tratree[operator]'") from None
+        raise CLIError(f"tratree submit needs the Kubernetes client ({err.name}): pip install 'tratree[submit]'") from None
     try:
         api, ns = submit(exp, args.namespace)
         print(f"created w2sg/{exp.name} in namespace {ns}", file=sys.stderr)

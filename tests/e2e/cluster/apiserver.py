@@ -195,7 +195,8 @@ class ApiServer(kmock.KubernetesEmulator):
         for i, (v, plural, sub, status) in enumerate(self.faults):
             if v == verb and plural == (request.resource.plural or "") and sub == request.subresource:
                 del self.faults[i]
-                reason = "Conflict" if status == 409 else "ServiceUnavailable" if status == 503 else "InternalError"
+                reason = {401: "Unauthorized", 409: "Conflict", 429: "TooManyRequests",
+                          503: "ServiceUnavailable"}.get(status, "InternalError")
                 raise _error(status, reason, f"injected fault: {verb} {plural} answers {status}")
 
     # --- verbs ---------------------------------------------------------------------------

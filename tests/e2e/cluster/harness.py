@@ -50,6 +50,17 @@ def print_operator_benchmark(title: str, r: dict[str, Any], extra: dict[str, str
     console.print(f"requests per experiment by verb: {verbs}")
 
 
+# The operator's image has no kubernetes package (kopf would import it whenever installed); the test
+# environment has it, for `tratree submit`, so the operator is started with it hidden, as in its image.
+AS_IN_IMAGE = ("import runpy, sys; sys.modules['kubernetes'] = None; "
+               "runpy.run_module('tratree_operator', run_name='__main__', alter_sys=True)")
+
+
+def operator_command(*args: str) -> list[str]:
+    """`python -m tratree_operator ARGS` with the modules its image holds."""
+    return [sys.executable, "-c", AS_IN_IMAGE, *args]
+
+
 class Cluster:
     """The emulated apiserver with an operator attached."""
 
@@ -77,8 +88,8 @@ class Cluster:
         log.write(f"--- operator start {self.starts}\n")
         log.flush()
         self.operator = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tratree_operator", *(["--standalone"] if standalone else []),
-            "--liveness", "", "--metrics-port", "0", *args,
+            *operator_command(*(["--standalone"] if standalone else []), "--liveness", "", "--metrics-port", "0",
+                              *args),
             env=self.env(), stdout=log, stderr=log)
 
     async def stop_operator(self) -> None:
