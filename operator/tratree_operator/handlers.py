@@ -7,6 +7,7 @@ annotations under ``tratree.io/``, never in ``.status``, whose schema is the ope
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -41,7 +42,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     settings.peering.lifetime = int(getattr(memo, "peering_lifetime", 60))
     if getattr(memo, "controller", None) is None:
-        memo.controller = Controller(Kube(), load_config())
+        # a kubeconfig's exec plugin may take seconds: not on the event loop
+        memo.controller = Controller(Kube(await asyncio.to_thread(login)), load_config())
         metrics.serve(int(getattr(memo, "metrics_port", 9090)))
 
 

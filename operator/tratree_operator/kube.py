@@ -72,15 +72,13 @@ def login(logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> kopf.Con
 class Kube:
     """What the controller reads and writes, as coroutines."""
 
-    def __init__(self, info: kopf.ConnectionInfo | None = None, attempts: int = 5) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, attempts: int = 5) -> None:
         self.info = info
         self.attempts = attempts
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # made in the running loop (aiohttp binds a session to it), and again after a re-login
-        if self.info is None:
-            self.info = login()
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 base_url=self.info.server.rstrip("/") + "/",
