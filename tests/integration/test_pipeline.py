@@ -95,6 +95,9 @@ def test_full_run_reports_every_method_and_reruns_nothing(full_run, mini):
         if method.startswith(("sft", "w2s-mcts")):  # an SFT always trains; a DPO with no pair does not
             assert row["optimizer_steps"][0] > 0 and row["weight_change"][0] > 0 and row["lr_sum"][0] > 0
         assert row["few_steps"] == (row["optimizer_steps"][0] < 10)
+    # one machine trained everything here, and the report says which
+    assert [c["device"] for c in results["compute"]] == ["cpu"]
+    assert "## What the training ran on" in (report / "results.md").read_text()
     # what each method cost: on this machine no stage ran on an accelerator, and every manifest says so
     assert all(o.manifest["devices"] == 0 and o.manifest["device_seconds"] == 0 for o in outcomes.values())
     assert set(outcomes["report"].manifest["upstream_device_seconds"]) == set(outcomes) - {"report"}

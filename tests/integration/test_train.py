@@ -149,6 +149,9 @@ def test_a_dpo_of_three_pairs_reports_what_it_did_and_says_it_took_few_steps(tmp
     assert result["steps"] == result["planned_steps"] == 3
     assert result["lr_sum"] == pytest.approx(3 * 1e-3)
     assert result["few_steps"] and result["weight_change"] > 0
+    # what it ran on, so that two runs that differ can be told apart from a changed recipe
+    assert result["compute"]["device"] == "cpu" and result["compute"]["threads"] >= 1
+    assert result["compute"]["torch"] == torch.__version__ and result["compute"]["cpu_capability"]
     before, after = result["preference"]["before"], result["preference"]["after"]
     assert before["margin"] == pytest.approx(sum(by_hand) / 3, rel=1e-3, abs=1e-4)
     assert before["accuracy"] == pytest.approx(sum(m > 0 for m in by_hand) / 3)

@@ -151,7 +151,7 @@ def run_report(trainer: Any, snapshot: WeightSnapshot, planned: int, what: str) 
     steps = trainer.state.global_step
     lrs = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row and "loss" in row]
     report = {"steps": steps, "planned_steps": planned, "lr_sum": float(sum(lrs)),
-              "weight_change": snapshot.relative_change(trainer.model)}
+              "weight_change": snapshot.relative_change(trainer.model), "compute": compute(trainer.model)}
     if steps != planned:
         print(f"tratree: warning: {what}: took {steps} optimizer steps where {planned} were planned",
               file=sys.stderr)
@@ -161,6 +161,29 @@ def run_report(trainer: Any, snapshot: WeightSnapshot, planned: int, what: str) 
               f"its start moved by {report['weight_change']:.2e} (relative); give it more data, epochs or a "
               "smaller batchSize", file=sys.stderr)
     return report
+
+
+def compute(model: Any) -> dict[str, Any]:
+    """What the run's arithmetic ran on. Training is bit-identical on one machine, not across machines:
+    the kernels torch picks (CPU instruction set, thread count, GPU) change the rounding, and a small
+    model trained for hundreds of steps carries that difference into its results."""
+    import platform
+
+    import torch
+
+    device = next(model.parameters()).device
+    return {"torch": torch.__version__, "device": str(device),
+            "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu": _cpu_model() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def quiet(trainer: Any) -> Any:

@@ -218,6 +218,25 @@ def markdown(table: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compute_used(trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct machines the training runs ran on: models trained on other kernels differ in their
+    rounding, so two reports of one spec agree bit for bit only where these agree."""
+    seen: dict[str, dict[str, Any]] = {}
+    for t in trainings:
+        if "compute" in t:
+            seen.setdefault(json.dumps(t["compute"], sort_keys=True), t["compute"])
+    return list(seen.values())
+
+
+def compute_markdown(ran_on: list[dict[str, Any]]) -> str:
+    """One line per machine the training ran on."""
+    lines = ["", "## What the training ran on", ""]
+    lines += [f"- {c['accelerator'] or c['cpu']} ({c['device']}, {c['cpu_capability']}, {c['threads']} thread(s)), "
+              f"torch {c['torch']}" for c in ran_on]
+    lines += ["", "Training is bit-identical on one machine, not across machines (`compute` in each `training.json`)."]
+    return "\n".join(lines) + "\n"
+
+
 def trees_markdown(draws: list[dict[str, Any]]) -> str:
     """What the weak model's trees offer to learn from, for each draw of its exploration."""
     text = "\n## The weak model's trees\n\n"
@@ -326,10 +345,14 @@ def report(ctx: StageContext) -> dict[str, Any]:
             extras["draws"] = per_draw  # exploration.perSeed: each seed's own trees
         text += trees_markdown(per_draw)
         _tree_pages(ctx, draws[0])
-    pretraining = {n: json.loads((d / TRAINING).read_text())["losses"] for n, d in ctx.inputs.items()
-                   if n.startswith("pretrain-")}
+    pretrained = {n: json.loads((d / TRAINING).read_text()) for n, d in ctx.inputs.items() if n.startswith("pretrain-")}
+    pretraining = {n: t["losses"] for n, t in pretrained.items()}
     if plot_training(metrics, pretraining, ctx.out / "training.png"):
         text += "\n## Training\n\n![training losses](training.png)\n"
+    ran_on = compute_used([*pretrained.values(), *(m.get("training") or {} for m in metrics)])
+    if ran_on:
+        extras["compute"] = ran_on
+        text += compute_markdown(ran_on)
     results = {"format": 1, "methods": table, **extras}
     (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (ctx.out / "results.md").write_text(text)

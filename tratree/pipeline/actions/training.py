@@ -133,7 +133,7 @@ def dpo(ctx: StageContext) -> dict[str, Any]:
 
 # what of a model's training.json its evaluation passes on to the report
 REPORTED = ("pairs", "steps", "planned_steps", "examples", "lr_sum", "weight_change", "few_steps", "preference",
-            "losses", "note")
+            "losses", "note", "compute")
 
 
 def _record(ctx: StageContext, summary: dict[str, Any], losses: list[float] | None = None) -> dict[str, Any]:
