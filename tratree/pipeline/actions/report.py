@@ -219,13 +219,12 @@ def markdown(table: dict[str, Any], title: str) -> str:
 
 
 def compute_used(trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct machines the training runs ran on: models trained on other kernels differ in their
-    rounding, so two reports of one spec agree bit for bit only where these agree."""
-    seen: dict[str, dict[str, Any]] = {}
-    for t in trainings:
-        if "compute" in t:
-            seen.setdefault(json.dumps(t["compute"], sort_keys=True), t["compute"])
-    return list(seen.values())
+    """The distinct machines the training runs ran on, in the order first met."""
+    seen: list[dict[str, Any]] = []
+    for c in (t["compute"] for t in trainings if "compute" in t):
+        if c not in seen:
+            seen.append(c)
+    return seen
 
 
 def compute_markdown(ran_on: list[dict[str, Any]]) -> str:
